@@ -1,0 +1,210 @@
+"""MACs and parameters by the rules behind Cream's published numbers (CREAM_SPEC section 4).
+
+Published "FLOPs" are multiply-accumulates counted at batch 1 as thop 0.0.31 did:
+
+* conv: H_out * W_out * C_out * (k * k * C_in / groups + 1 if it has a bias)
+* BN: 2 x the number of elements of its input
+* global average pool: (H * W + 1) * C
+* dense: in_features * out_features (bias not counted)
+* activations, SE multiply, residual adds, padding: 0
+* parameters: every trainable weight
+
+`profile` walks the layers of a built model. `cost_table` profiles every op of every layer of a
+space once, with the same walker, so the FLOPs of a path are a cheap sum that equals profiling the
+child built from it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import re
+
+import keras
+import numpy as np
+
+from cream_tf import arch as arch_lib
+from cream_tf import blocks
+from cream_tf.space import Space
+
+__all__ = ["LayerCost", "Profile", "profile", "layer_macs", "CostTable", "cost_table"]
+
+_ZERO_COST = (keras.layers.Activation, keras.layers.Add, keras.layers.Multiply,
+              keras.layers.ZeroPadding2D, keras.layers.Flatten, keras.layers.Dropout,
+              keras.layers.InputLayer, keras.layers.ReLU, keras.layers.Identity,
+              keras.layers.Rescaling, keras.layers.Softmax)
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerCost:
+    name: str
+    type: str
+    output_shape: tuple
+    macs: int
+    params: int
+
+
+def _shape(tensor) -> tuple:
+    shape = tuple(tensor.shape[1:])
+    if any(d is None for d in shape):
+        raise ValueError(f"cannot count MACs with unknown dimensions {tuple(tensor.shape)}: build "
+                         f"the model with a fixed input shape, e.g. input_shape=(224, 224, 3)")
+    return shape
+
+
+def layer_macs(layer, in_shape: tuple, out_shape: tuple) -> int:
+    """MACs of one built-in layer at batch 1, by the thop rules above."""
+    if isinstance(layer, keras.layers.DepthwiseConv2D):
+        k = math.prod(layer.kernel_size)
+        return math.prod(out_shape) * (k + int(layer.use_bias))
+    if isinstance(layer, keras.layers.Conv2D):
+        k = math.prod(layer.kernel_size)
+        return math.prod(out_shape) * (k * in_shape[-1] // layer.groups + int(layer.use_bias))
+    if isinstance(layer, keras.layers.BatchNormalization):
+        return 2 * math.prod(in_shape)
+    if isinstance(layer, keras.layers.GlobalAveragePooling2D):
+        return (in_shape[0] * in_shape[1] + 1) * in_shape[-1]
+    if isinstance(layer, keras.layers.Dense):
+        return in_shape[-1] * out_shape[-1]
+    if isinstance(layer, _ZERO_COST):
+        return 0
+    if layer.weights:
+        raise ValueError(f"no MAC rule for layer {layer.name!r} of type {type(layer).__name__}")
+    return 0
+
+
+def _leaf_layers(model):
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from _leaf_layers(layer)
+        else:
+            yield layer
+
+
+def _group(name: str) -> str:
+    m = re.match(r"(stage\d+_block\d+)_", name)
+    if m:
+        return m.group(1)
+    return name if name == "classifier" else name.split("_")[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class Profile:
+    """Totals and a per-layer breakdown; `blocks()` sums the layers of each named block."""
+
+    macs: int
+    params: int
+    layers: tuple
+
+    def blocks(self) -> dict:
+        result = {}
+        for lc in self.layers:
+            macs, params = result.get(_group(lc.name), (0, 0))
+            result[_group(lc.name)] = (macs + lc.macs, params + lc.params)
+        return result
+
+    def table(self, per_layer: bool = False) -> str:
+        rows = ([(lc.name, lc.type, lc.macs, lc.params) for lc in self.layers] if per_layer else
+                [(name, "", m, p) for name, (m, p) in self.blocks().items()])
+        rows.append(("total", "", self.macs, self.params))
+        width = max(len(r[0]) for r in rows)
+        lines = [f"{'layer' if per_layer else 'block':<{width}}  {'type':<22} {'MACs':>14} "
+                 f"{'params':>12}"]
+        lines += [f"{n:<{width}}  {t:<22} {m:>14,} {p:>12,}" for n, t, m, p in rows]
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return f"{self.macs / 1e6:.2f}M MACs, {self.params / 1e6:.3f}M params"
+
+
+def profile(model) -> Profile:
+    """MACs and trainable parameters of a built functional model, at batch 1, its own input size."""
+    costs = []
+    for layer in _leaf_layers(model):
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        try:
+            inputs, output = layer.input, layer.output
+        except (AttributeError, ValueError) as e:
+            raise ValueError(f"layer {layer.name!r} is not part of a built functional model "
+                             f"({e}); profile needs a model our builders made") from None
+        in_shape = _shape(inputs[0] if isinstance(inputs, (list, tuple)) else inputs)
+        out_shape = _shape(output)
+        params = sum(math.prod(w.shape) for w in layer.trainable_weights)
+        costs.append(LayerCost(layer.name, type(layer).__name__, out_shape,
+                               layer_macs(layer, in_shape, out_shape), params))
+    return Profile(sum(c.macs for c in costs), sum(c.params for c in costs), tuple(costs))
+
+
+def _profile_fn(fn, shape) -> Profile:
+    inputs = keras.Input(shape)
+    return profile(keras.Model(inputs, fn(inputs)))
+
+
+@dataclasses.dataclass(frozen=True)
+class CostTable:
+    """Per-layer op costs of a space. `macs[l, o]` is op o at searchable layer l (0 where the op is
+    not allowed, and 0 for SkipConnect); `fixed_*` is the stem, DS, 1x1 conv and head."""
+
+    space: Space
+    fixed_macs: int
+    fixed_params: int
+    macs: np.ndarray
+    params: np.ndarray
+    allowed: np.ndarray
+
+    def path_macs(self, path) -> int:
+        flat = arch_lib.flat_path(arch_lib.validate_path(path, self.space))
+        return self.fixed_macs + int(self.macs[np.arange(len(flat)), flat].sum())
+
+    def path_params(self, path) -> int:
+        flat = arch_lib.flat_path(arch_lib.validate_path(path, self.space))
+        return self.fixed_params + int(self.params[np.arange(len(flat)), flat].sum())
+
+    def arch_macs(self, arch) -> int:
+        return self.path_macs(arch_lib.arch_to_path(arch, self.space))
+
+    def _extreme(self, reduce, fill) -> int:
+        return self.fixed_macs + int(reduce(np.where(self.allowed, self.macs, fill), axis=1).sum())
+
+    @property
+    def min_macs(self) -> int:
+        """The exact smallest MACs any path of the space reaches."""
+        return self._extreme(np.min, np.iinfo(np.int64).max)
+
+    @property
+    def max_macs(self) -> int:
+        """The exact largest MACs any path of the space reaches."""
+        return self._extreme(np.max, -1)
+
+
+@functools.lru_cache(maxsize=32)
+def cost_table(space: Space) -> CostTable:
+    """Profiles every op at every searchable layer of `space` (each distinct shape once)."""
+    r = space.resolution
+    fixed = _profile_fn(lambda x: blocks.ds_block(blocks.stem(x, space.stem_channels),
+                                                  space.ds_channels, space.ds_stride), (r, r, 3))
+    f = space.final_size
+    tail = _profile_fn(
+        lambda x: blocks.head(blocks.final_conv(x, space.final_channels), space.head_channels,
+                              space.num_classes),
+        (f, f, space.stage_channels[-1]))
+    n_ops = len(space.ops)
+    macs = np.zeros((space.num_layers, n_ops), np.int64)
+    params = np.zeros((space.num_layers, n_ops), np.int64)
+    allowed = np.zeros((space.num_layers, n_ops), bool)
+    cache = {}
+    for l, layer in enumerate(space.layers):
+        for o in layer.choices:
+            allowed[l, o] = True
+            op = space.ops[o]
+            if op.kind == "skip":
+                continue
+            key = (o, layer.in_size, layer.in_channels, layer.out_channels, layer.stride)
+            if key not in cache:
+                cache[key] = _profile_fn(
+                    lambda x: blocks.op_block(x, op, layer.out_channels, layer.stride, "op"),
+                    (layer.in_size, layer.in_size, layer.in_channels))
+            macs[l, o], params[l, o] = cache[key].macs, cache[key].params
+    return CostTable(space, fixed.macs + tail.macs, fixed.params + tail.params, macs, params,
+                     allowed)
