@@ -60,7 +60,13 @@ def test_keras_file_round_trip_without_cream_tf(tmp_path):
     model.save(tmp_path / "child.keras")
     script = textwrap.dedent("""
         import sys
-        sys.path = [p for p in sys.path if p not in ("", ".") and "cream" not in p]
+
+        class BlockCream:  # cream_tf may be installed (even editable): refuse it outright
+            def find_spec(self, name, path=None, target=None):
+                if name == "cream_tf" or name.startswith("cream_tf."):
+                    raise ImportError("cream_tf is blocked in this process")
+
+        sys.meta_path.insert(0, BlockCream())
         try:
             import cream_tf
             raise SystemExit("cream_tf importable")

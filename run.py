@@ -1,0 +1,108 @@
+"""cream_tf's job: search a supernet, select, retrain and export the found network.
+
+    python run.py --flags=configs/small.flags              # the whole pipeline (--mode=all)
+    python run.py --flags=configs/small.flags --mode=search  # one phase; later flags override the file
+    python run.py --mode=profile --arch=cream_14            # MACs/params table of a zoo name or an arch
+
+Everything a run makes lives in --workdir; rerunning a mode picks up what earlier modes left there,
+and rerunning after a crash resumes.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+from absl import app, flags
+
+from cream_tf import cli
+
+MODES = ("all", "search", "select", "retrain", "export", "profile", "tune")
+
+_MODE = flags.DEFINE_enum("mode", "all", MODES, "Phase to run; 'all' runs search, select, retrain "
+                          "and export in turn.")
+_WORKDIR = flags.DEFINE_string("workdir", "runs/default", "Folder for everything this run makes.")
+_DATASET = flags.DEFINE_string("dataset", "digits", "tfds:NAME, folder:PATH, digits or "
+                               "synthetic[:CLASSES].")
+_DATA_DIR = flags.DEFINE_string("data_dir", None, "TFDS data directory.")
+_VAL_FRACTION = flags.DEFINE_float("val_fraction", 0.1, "Part of train held out when the dataset "
+                                   "has no validation split.")
+_SPACE = flags.DEFINE_enum("space", "mbconv", ["mbconv", "mbconv_res", "mbconv_res_conv"],
+                           "Search space: the paper's Table 1, 2 or 3.")
+_LAYOUT = flags.DEFINE_enum("layout", "released", ["released", "paper"], "Stage strides.")
+_DEPTH = flags.DEFINE_list("depth", ["4"], "Largest blocks per stage: one int or five.")
+_RESOLUTION = flags.DEFINE_integer("resolution", 224, "Input height and width.")
+_WIDTH = flags.DEFINE_float("width", 1.0, "Channel multiplier.")
+_NUM_CLASSES = flags.DEFINE_integer("num_classes", 0, "Classes; 0 takes the dataset's.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of paths, data order and initialisation.")
+_STRATEGY = flags.DEFINE_enum("strategy", "auto", ["auto", "mirrored", "multi_worker", "tpu",
+                                                   "default"], "tf.distribute strategy.")
+_DETERMINISTIC = flags.DEFINE_bool("deterministic", False, "Enable TF op determinism (slower).")
+# search
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 128, "Global batch size of the search.")
+_SEARCH_EPOCHS = flags.DEFINE_integer("search_epochs", 120, "Search epochs.")
+_STEPS_PER_EPOCH = flags.DEFINE_integer("steps_per_epoch", 0, "Steps per epoch; 0 = one pass "
+                                        "over the training split.")
+_LR = flags.DEFINE_float("lr", 0.5, "Base learning rate of the search (linear decay to 0).")
+_WEIGHT_DECAY = flags.DEFINE_float("weight_decay", 1e-4, "L2 on conv and dense kernels.")
+_WARMUP_EPOCHS = flags.DEFINE_integer("warmup_epochs", 20, "Epochs before distillation starts.")
+_BOARD_SIZE = flags.DEFINE_integer("board_size", 10, "Paths kept on the prioritized board.")
+_BOARD_IMAGES = flags.DEFINE_integer("board_images", 4, "Images stored per board entry.")
+_BOARD_GAP = flags.DEFINE_float("board_gap", 5.0, "Accuracy points a path must beat the worst "
+                                "entry by (or beat it with fewer MACs).")
+_TEACHER = flags.DEFINE_enum("teacher", "meta", ["meta", "top1"], "Teacher selection.")
+_META_INTERVAL = flags.DEFINE_integer("meta_interval", 200, "Steps between meta-gradient updates.")
+_META_LR = flags.DEFINE_float("meta_lr", 1e-4, "Learning rate of the matching network.")
+_FLOPS_MIN = flags.DEFINE_float("flops_min", 0.0, "Smallest MACs of a sampled path, millions.")
+_FLOPS_MAX = flags.DEFINE_float("flops_max", 0.0, "Largest MACs of a sampled path, millions "
+                                "(0 = no limit).")
+_PRIOR = flags.DEFINE_enum("prior", "uniform", ["uniform", "release"], "Op sampling prior.")
+_MIXED_PRECISION = flags.DEFINE_enum("mixed_precision", "none",
+                                     ["none", "mixed_bfloat16", "mixed_float16"],
+                                     "Keras dtype policy of the search.")
+_JIT_COMPILE = flags.DEFINE_bool("jit_compile", False, "XLA for single-device GPU/TPU runs.")
+_CHECKPOINT_EVERY = flags.DEFINE_integer("checkpoint_every", 100, "Search steps between "
+                                         "checkpoints.")
+# select
+_SELECT_BN_BATCHES = flags.DEFINE_integer("select_bn_batches", 20, "Training batches that "
+                                          "re-estimate BN statistics per board path.")
+# retrain
+_ARCH = flags.DEFINE_string("arch", None, "Architecture for retrain/export/profile instead of the "
+                            "selected one: a zoo name or any architecture string.")
+_RETRAIN_EPOCHS = flags.DEFINE_integer("retrain_epochs", 500, "Retraining epochs.")
+_RETRAIN_BATCH_SIZE = flags.DEFINE_integer("retrain_batch_size", 128, "Retraining batch size.")
+_RETRAIN_LR = flags.DEFINE_float("retrain_lr", 0.0, "Retraining LR; 0 = 0.064 per 1024 images.")
+_RETRAIN_DROPOUT = flags.DEFINE_float("retrain_dropout", 0.2, "Dropout before the classifier.")
+_EMA_DECAY = flags.DEFINE_float("ema_decay", 0.9999, "Weight EMA of the retrained network "
+                                "(0 = off).")
+# export
+_EXPORT_DIR = flags.DEFINE_string("export_dir", None, "Export base folder; default "
+                                  "<workdir>/export.")
+_MODEL_NAME = flags.DEFINE_string("model_name", "cream", "Model name of the exports.")
+_OVERWRITE = flags.DEFINE_bool("overwrite", False, "Replace existing export files.")
+# tune
+_TUNE_TRIALS = flags.DEFINE_integer("tune_trials", 10, "keras-tuner trials (--mode=tune).")
+_TUNE_EPOCHS = flags.DEFINE_integer("tune_epochs", 2, "Training epochs per keras-tuner trial.")
+_TUNE_ALGORITHM = flags.DEFINE_enum("tune_algorithm", "random", ["random", "bayesian"],
+                                    "keras-tuner oracle.")
+
+OUR_FLAGS = [holder.name for holder in list(globals().values())
+             if isinstance(holder, flags.FlagHolder)]
+
+
+def main(argv):
+    if len(argv) > 1:
+        cli.fail(f"unexpected arguments {' '.join(argv[1:])!r}; flags start with --")
+    from cream_tf import job  # heavy imports (TensorFlow) only after the flags are good
+
+    try:
+        job.run(flags.FLAGS)
+    except cli.UsageError as e:
+        cli.fail(str(e))
+
+
+def _parse(argv):
+    return cli.parse_flags(argv, OUR_FLAGS)
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=_parse)
