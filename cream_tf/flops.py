@@ -178,6 +178,14 @@ class CostTable:
         return self._extreme(np.max, -1)
 
 
+@functools.lru_cache(maxsize=None)
+def _op_cost(op, in_size, in_channels, out_channels, stride) -> tuple:
+    """(MACs, params) of one op at one input shape; shared by every space with that shape."""
+    result = _profile_fn(lambda x: blocks.op_block(x, op, out_channels, stride, "op"),
+                         (in_size, in_size, in_channels))
+    return result.macs, result.params
+
+
 @functools.lru_cache(maxsize=32)
 def cost_table(space: Space) -> CostTable:
     """Profiles every op at every searchable layer of `space` (each distinct shape once)."""
@@ -193,18 +201,12 @@ def cost_table(space: Space) -> CostTable:
     macs = np.zeros((space.num_layers, n_ops), np.int64)
     params = np.zeros((space.num_layers, n_ops), np.int64)
     allowed = np.zeros((space.num_layers, n_ops), bool)
-    cache = {}
     for l, layer in enumerate(space.layers):
         for o in layer.choices:
             allowed[l, o] = True
             op = space.ops[o]
-            if op.kind == "skip":
-                continue
-            key = (o, layer.in_size, layer.in_channels, layer.out_channels, layer.stride)
-            if key not in cache:
-                cache[key] = _profile_fn(
-                    lambda x: blocks.op_block(x, op, layer.out_channels, layer.stride, "op"),
-                    (layer.in_size, layer.in_size, layer.in_channels))
-            macs[l, o], params[l, o] = cache[key].macs, cache[key].params
+            if op.kind != "skip":
+                macs[l, o], params[l, o] = _op_cost(op, layer.in_size, layer.in_channels,
+                                                    layer.out_channels, layer.stride)
     return CostTable(space, fixed.macs + tail.macs, fixed.params + tail.params, macs, params,
                      allowed)
