@@ -732,6 +732,8 @@ def tune(space: Space, train_ds, val_ds, workdir: str, max_trials: int = 20,
     _check_dataset(val_ds, space, "val_ds")
     macs_range = resolve_macs_range(space, macs_range)
 
+    if int(val_ds.cardinality()) == tf.data.INFINITE_CARDINALITY:
+        raise ValueError("val_ds repeats forever: pass a finite validation set")
     n = int(train_ds.cardinality())
     given_steps = steps_per_epoch is not None
     if given_steps and (isinstance(steps_per_epoch, bool) or not isinstance(steps_per_epoch, int)
@@ -762,6 +764,9 @@ def tune(space: Space, train_ds, val_ds, workdir: str, max_trials: int = 20,
                 + "; ".join(f"{k}: {saved.get(k)!r} then, {config.get(k)!r} now" for k in changed)
                 + "); use the same settings to resume, another workdir, or overwrite=True")
     _write_json_atomic(config_path, config)
+    results_path = os.path.join(workdir, RESULTS_FILE)
+    if overwrite and os.path.exists(results_path):
+        os.remove(results_path)  # a fresh run must not show the old run's results
 
     hypermodel = CreamHyperModel(space, dropout=dropout, label_smoothing=label_smoothing,
                                  optimizer=optimizer, learning_rate=learning_rate,
@@ -770,7 +775,7 @@ def tune(space: Space, train_ds, val_ds, workdir: str, max_trials: int = 20,
                   "bayesian": MacsBayesianOptimizationOracle}[algorithm]
     # keras-tuner treats seed 0 as "no seed"; shift so that every int is a seed.
     oracle = oracle_cls(space, macs_range, max_trials=max_trials, seed=seed + 1)
-    tuner = CreamTuner(oracle, hypermodel, results_path=os.path.join(workdir, RESULTS_FILE),
+    tuner = CreamTuner(oracle, hypermodel, results_path=results_path,
                        extra_info={"algorithm": algorithm, "max_trials": max_trials,
                                    "epochs_per_trial": epochs_per_trial},
                        directory=workdir, project_name=PROJECT_NAME, overwrite=overwrite)

@@ -254,6 +254,7 @@ def digits_32(n_train=192, n_val=96):
     return train, val
 
 
+@pytest.mark.slow  # two real trainings: ~60 s on a shared 2-core CPU
 def test_tune_runs_writes_json_and_resumes(tmp_path, monkeypatch):
     train, val = digits_32()
     table = flops.cost_table(TUNE_SPACE)
@@ -268,9 +269,14 @@ def test_tune_runs_writes_json_and_resumes(tmp_path, monkeypatch):
     monkeypatch.setattr(tuner.CreamHyperModel, "fit", counting_fit)
     workdir = str(tmp_path / "tune")
     kwargs = dict(epochs_per_trial=1, batch_size=32, macs_range=macs_range, seed=0, verbose=0)
+    first = tuner.tune(TUNE_SPACE, train, val, workdir, max_trials=1, **kwargs)
+    assert len(fits) == 1 and len(first.trials) == 1
+    # A resumed run with a larger budget trains only the new trial ...
     result = tuner.tune(TUNE_SPACE, train, val, workdir, max_trials=2, **kwargs)
-
     assert len(fits) == 2 and len(result.trials) == 2
+    assert fits[1] != fits[0]
+    assert first.trials[0] in result.trials
+
     with open(os.path.join(workdir, tuner.RESULTS_FILE)) as f:
         data = json.load(f)
     best = data["best"]
@@ -293,12 +299,9 @@ def test_tune_runs_writes_json_and_resumes(tmp_path, monkeypatch):
     assert metrics["macs"]["observations"][0]["value"][0] == best["macs"]
     assert not [n for n in os.listdir(workdir) if n.endswith(".tmp")]
 
-    # Resuming with the same settings redoes nothing; a larger budget runs only the new trial.
+    # ... and one whose budget is spent trains nothing and returns the same best.
     again = tuner.tune(TUNE_SPACE, train, val, workdir, max_trials=2, **kwargs)
     assert len(fits) == 2 and again.best == result.best
-    more = tuner.tune(TUNE_SPACE, train, val, workdir, max_trials=3, **kwargs)
-    assert len(fits) == 3 and len(more.trials) == 3
-    assert fits[2] not in fits[:2]
     # Other settings in the same workdir are refused, naming what changed.
     with pytest.raises(ValueError, match="epochs_per_trial: 1 then, 2 now"):
         tuner.tune(TUNE_SPACE, train, val, workdir, max_trials=3,
@@ -316,5 +319,7 @@ def test_tune_rejects_bad_input(tmp_path):
         tuner.tune(TUNE_SPACE, small, val, str(tmp_path))
     with pytest.raises(ValueError, match="steps_per_epoch"):
         tuner.tune(TUNE_SPACE, train.repeat(), val, str(tmp_path))
+    with pytest.raises(ValueError, match="val_ds repeats forever"):
+        tuner.tune(TUNE_SPACE, train, val.repeat(), str(tmp_path))
     with pytest.raises(tuner.MacsRangeError, match="reach"):
         tuner.tune(TUNE_SPACE, train, val, str(tmp_path), macs_range=(1, 2))
