@@ -254,12 +254,14 @@ def test_unreachable_range_names_reachable_range(algorithm, table):
 
 
 def test_range_with_no_path_inside_fails_clearly(table):
-    # Reachable bounds straddle the range, but no sum of op costs lands in a 1-MAC window.
-    costs = table.path_macs
+    # Reachable bounds straddle the range, but no sum of op costs lands in this 1-MAC window
+    # just above the cheapest path (the next cheapest differs by hundreds of MACs).
     lo = table.min_macs + 1
     with pytest.raises(tuner.MacsRangeError, match="found no new path.*widen it"):
         tuner.sample_path_in_range(ORACLE_SPACE, (lo, lo), seed=0, max_tries=300)
-    assert costs  # the table itself is fine
+    # The same window on the cheapest path itself is found.
+    path = tuner.sample_path_in_range(ORACLE_SPACE, (table.min_macs, table.min_macs), seed=0)
+    assert table.path_macs(path) == table.min_macs
 
 
 # -- tune ----------------------------------------------------------------------------------------
