@@ -783,7 +783,9 @@ def tune(space: Space, train_ds, val_ds, workdir: str, max_trials: int = 20,
     keras.utils.set_random_seed(seed)
     train = _batched(train_ds, batch_size, shuffle_seed=seed, shuffle=True)
     val = _batched(val_ds, batch_size)
-    fit_kwargs = {"validation_data": val, "epochs": epochs_per_trial, "verbose": verbose}
+    # shuffle=False: `train` is shuffled above (Keras ignores its own flag for datasets, loudly).
+    fit_kwargs = {"validation_data": val, "epochs": epochs_per_trial, "verbose": verbose,
+                  "shuffle": False}
     if given_steps:
         fit_kwargs["steps_per_epoch"] = steps_per_epoch
     tuner.search(train, **fit_kwargs)

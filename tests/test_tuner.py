@@ -287,23 +287,33 @@ def test_tune_runs_writes_json_and_resumes(tmp_path, monkeypatch):
     train, val = digits_32()
     table = flops.cost_table(TUNE_SPACE)
     macs_range = (None, (table.min_macs + table.max_macs) // 2)
-    fits = []
+    fits, interrupt_at = [], [2]
     original_fit = tuner.CreamHyperModel.fit
 
     def counting_fit(self, hp, model, *args, **kwargs):
         fits.append(tuner.path_from_hyperparameters(hp, TUNE_SPACE))
+        if len(fits) == interrupt_at[0]:
+            raise KeyboardInterrupt  # the user stops the run as the second trial starts
         return original_fit(self, hp, model, *args, **kwargs)
 
     monkeypatch.setattr(tuner.CreamHyperModel, "fit", counting_fit)
     workdir = str(tmp_path / "tune")
+    results_file = os.path.join(workdir, tuner.RESULTS_FILE)
     kwargs = dict(epochs_per_trial=1, batch_size=32, macs_range=macs_range, seed=0, verbose=0)
-    first = tuner.tune(TUNE_SPACE, train, val, workdir, max_trials=1, **kwargs)
-    assert len(fits) == 1 and len(first.trials) == 1
-    # A resumed run with a larger budget trains only the new trial ...
+    with pytest.raises(KeyboardInterrupt):
+        tuner.tune(TUNE_SPACE, train, val, workdir, max_trials=2, **kwargs)
+    assert len(fits) == 2
+    with open(results_file) as f:
+        partial = json.load(f)  # written when the first trial ended
+    assert [t["trial_id"] for t in partial["trials"]] == ["0"]
+
+    # Resuming keeps the finished trial and reruns only the interrupted one, with its path.
+    interrupt_at[0] = None
     result = tuner.tune(TUNE_SPACE, train, val, workdir, max_trials=2, **kwargs)
-    assert len(fits) == 2 and len(result.trials) == 2
-    assert fits[1] != fits[0]
-    assert first.trials[0] in result.trials
+    assert len(fits) == 3 and fits[2] == fits[1] != fits[0]
+    assert len(result.trials) == 2
+    finished = {k: v for k, v in partial["trials"][0].items() if k != "rank"}
+    assert finished in [t.to_json() for t in result.trials]
 
     with open(os.path.join(workdir, tuner.RESULTS_FILE)) as f:
         data = json.load(f)
@@ -318,7 +328,7 @@ def test_tune_runs_writes_json_and_resumes(tmp_path, monkeypatch):
     accs = [t["val_accuracy"] for t in data["trials"]]
     assert accs == sorted(accs, reverse=True) and accs[0] == best["val_accuracy"]
     assert {t["status"] for t in data["trials"]} == {"COMPLETED"}
-    assert sorted(tuple(tuple(s) for s in t["path"]) for t in data["trials"]) == sorted(fits)
+    assert sorted(tuple(tuple(s) for s in t["path"]) for t in data["trials"]) == sorted([fits[0], fits[2]])
     # MACs were recorded as a trial metric by keras-tuner too.
     trial_json = os.path.join(workdir, tuner.PROJECT_NAME, f"trial_{best['trial_id']}",
                               "trial.json")
@@ -327,9 +337,9 @@ def test_tune_runs_writes_json_and_resumes(tmp_path, monkeypatch):
     assert metrics["macs"]["observations"][0]["value"][0] == best["macs"]
     assert not [n for n in os.listdir(workdir) if n.endswith(".tmp")]
 
-    # ... and one whose budget is spent trains nothing and returns the same best.
+    # A run whose budget is spent trains nothing and returns the same best.
     again = tuner.tune(TUNE_SPACE, train, val, workdir, max_trials=2, **kwargs)
-    assert len(fits) == 2 and again.best == result.best
+    assert len(fits) == 3 and again.best == result.best
     # Other settings in the same workdir are refused, naming what changed.
     with pytest.raises(ValueError, match="epochs_per_trial: 1 then, 2 now"):
         tuner.tune(TUNE_SPACE, train, val, workdir, max_trials=3,
