@@ -25,7 +25,7 @@ import keras
 __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD", "ExportError", "export_keras", "export_saved_model",
     "next_version", "export_tflite", "tflite_predict", "evaluate_tflite", "compare_accuracy",
-    "tflite_latency", "export_onnx", "disk_size",
+    "tflite_latency", "median_latency", "export_onnx", "disk_size",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -219,6 +219,9 @@ def export_saved_model(model: keras.Model, export_dir: str, model_name: str | No
         raise ExportError(f"version must be a positive integer (TF Serving ignores other folder "
                           f"names), got {version!r}")
     target = os.path.join(model_dir, str(version))
+    if os.path.lexists(target) and not overwrite:
+        raise ExportError(f"{target} already exists; pass overwrite=True to replace it (or leave "
+                          f"version=None to write version {next_version(model_dir)})")
 
     module = _ServingModule(model, mean, std, class_names, k)
     archive = keras.export.ExportArchive()
@@ -410,6 +413,9 @@ def export_tflite(model: keras.Model, path: str, quantization: str | None = None
     if quantization not in (None, "int8"):
         raise ExportError(f"quantization must be None (float32) or 'int8', got {quantization!r}")
     _image_shape(model)
+    if os.path.lexists(path) and not overwrite:
+        raise ExportError(f"{os.path.abspath(path)} already exists; pass overwrite=True to "
+                          f"replace it")
     if quantization == "int8" and representative_data is None:
         raise ExportError("int8 quantization needs representative_data: a few hundred "
                           "preprocessed images like those the model will see")
@@ -510,10 +516,11 @@ def tflite_latency(path: str, runs: int = 100, warmup: int = 10, num_threads: in
     else:
         x = rng.integers(-128, 128, inp["shape"]).astype(inp["dtype"])
     interpreter.set_tensor(inp["index"], x)
-    return _median_time(interpreter.invoke, runs, warmup)
+    return median_latency(interpreter.invoke, runs, warmup)
 
 
-def _median_time(fn, runs, warmup) -> float:
+def median_latency(fn, runs: int = 100, warmup: int = 10) -> float:
+    """Median seconds of `fn()` over `runs` calls after `warmup` untimed calls."""
     for _ in range(warmup):
         fn()
     times = []
