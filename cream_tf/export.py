@@ -122,6 +122,24 @@ def export_keras(model: keras.Model, path: str, overwrite: bool = False) -> str:
 # TF Serving SavedModel
 
 
+def _save_model(model, path, endpoints: dict):
+    """Writes a SavedModel whose signatures are `endpoints` {name: (fn, TensorSpec)}.
+
+    A plain tf.Module that tracks the model's tf.Variables once. (keras.export.ExportArchive in
+    Keras 3.15 stores every variable twice, as Keras and as tf variables: a SavedModel twice the
+    size of the weights.) The functions run the Keras model, whose layers are all built in, so
+    the result loads without cream_tf or Keras.
+    """
+    root = tf.Module()
+    root.model_variables = [v.value for v in model.variables]
+    signatures = {}
+    for name, (fn, spec) in endpoints.items():
+        function = tf.function(fn, input_signature=[spec], autograph=False)
+        setattr(root, name, function)
+        signatures[name] = function.get_concrete_function()
+    tf.saved_model.save(root, path, signatures=signatures)
+
+
 def next_version(model_dir: str) -> int:
     """1 + the largest integer version folder under `model_dir` (1 when there is none)."""
     versions = [int(d) for d in (os.listdir(model_dir) if os.path.isdir(model_dir) else [])
@@ -224,13 +242,12 @@ def export_saved_model(model: keras.Model, export_dir: str, model_name: str | No
                           f"version=None to write version {next_version(model_dir)})")
 
     module = _ServingModule(model, mean, std, class_names, k)
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint(SERVING_SIGNATURE, module.serve_image, input_signature=[
-        tf.TensorSpec((None, height, width, 3), tf.uint8, name="image")])
-    archive.add_endpoint(BYTES_SIGNATURE, module.serve_bytes, input_signature=[
-        tf.TensorSpec((None,), tf.string, name="image_bytes")])
-
+    endpoints = {
+        SERVING_SIGNATURE: (module.serve_image,
+                            tf.TensorSpec((None, height, width, 3), tf.uint8, name="image")),
+        BYTES_SIGNATURE: (module.serve_bytes,
+                          tf.TensorSpec((None,), tf.string, name="image_bytes")),
+    }
     gray = np.full((1, height, width, 3), 128, np.uint8)
     example = {key: value.numpy() for key, value in
                module.serve_image(tf.constant(gray)).items()}
@@ -248,7 +265,7 @@ def export_saved_model(model: keras.Model, export_dir: str, model_name: str | No
         "num_classes": num_classes, "top_k": k, "class_names": class_names,
     }
     with _atomic_target(target, overwrite, is_dir=True) as tmp:
-        archive.write_out(tmp, verbose=False)
+        _save_model(model, tmp, endpoints)
         os.makedirs(os.path.join(tmp, "assets.extra"), exist_ok=True)
         with open(os.path.join(tmp, METADATA_FILE), "w") as f:
             json.dump(metadata, f, indent=2)
@@ -421,11 +438,9 @@ def export_tflite(model: keras.Model, path: str, quantization: str | None = None
                           "preprocessed images like those the model will see")
     with tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(path))) as work:
         saved = os.path.join(work, "saved_model")
-        archive = keras.export.ExportArchive()
-        archive.track(model)
-        archive.add_endpoint("serve", lambda x: model(x, training=False), input_signature=[
-            tf.TensorSpec((None,) + tuple(model.input_shape[1:]), tf.float32, name="image")])
-        archive.write_out(saved, verbose=False)
+        _save_model(model, saved, {"serving_default": (
+            lambda image: model(image, training=False),
+            tf.TensorSpec((None,) + tuple(model.input_shape[1:]), tf.float32, name="image"))})
         converter = tf.lite.TFLiteConverter.from_saved_model(saved)
         if quantization == "int8":
             samples = list(_batches_of_one(representative_data, num_calibration_samples))
