@@ -436,7 +436,9 @@ def export_tflite(model: keras.Model, path: str, quantization: str | None = None
     if quantization == "int8" and representative_data is None:
         raise ExportError("int8 quantization needs representative_data: a few hundred "
                           "preprocessed images like those the model will see")
-    with tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(path))) as work:
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{os.path.basename(path)}.work-", dir=parent) as work:
         saved = os.path.join(work, "saved_model")
         _save_model(model, saved, {"serving_default": (
             lambda image: model(image, training=False),

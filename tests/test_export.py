@@ -278,6 +278,15 @@ def test_int8_agrees_with_keras_on_held_out_digits(trained, small_exports):
     assert export.tflite_latency(small_exports["tflite-int8"], runs=5, warmup=1) > 0
 
 
+def test_softmax_models_and_unsized_inputs():
+    space = Space("mbconv", depth=1, resolution=32, width=0.25, num_classes=3)
+    path = [[0], [0], [0], [0], [0]]
+    assert export._outputs_probabilities(child.build(path, space, classifier_activation="softmax"))
+    assert not export._outputs_probabilities(child.build(path, space))
+    with pytest.raises(export.ExportError, match=r"fixed size.*input_shape=\(H, W, 3\)"):
+        export.export_saved_model(child.build(path, space, input_shape=(None, None, 3)), "unused")
+
+
 def test_onnx_needs_the_extra(trained, monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "tf2onnx", None)
     with pytest.raises(ImportError, match=r'pip install "cream_tf\[onnx\]"'):
