@@ -88,3 +88,13 @@ def build(name: str, num_classes: int = 1000, input_shape=None, dropout: float =
     space = entry.space(num_classes=num_classes, resolution=resolution)
     return child.build(entry.arch(), space, input_shape=input_shape, dropout=dropout,
                        classifier_activation=classifier_activation, name=name)
+
+
+def load_torch_checkpoint(model: keras.Model, path, use_ema: bool = False) -> keras.Model:
+    """Fills a zoo network (or any cream_tf child) from the authors' PyTorch checkpoint.
+
+    Reads timm CheckpointSaver files (zip or legacy format) or bare state dicts without running
+    their pickled objects; see `cream_tf.torch_weights`. Needs torch (imported only here).
+    """
+    from cream_tf import torch_weights
+    return torch_weights.load_torch_checkpoint(model, path, use_ema=use_ema)
