@@ -64,6 +64,9 @@ class DatasetInfo:
       crop_scale: recommended area range of the random resized crop.
       eval_crop_pct: recommended centre-crop fraction for evaluation (1.0 for images already at
         the network's resolution).
+      randaugment: whether the retrain recipe's RandAugment suits the data (False for digits:
+        magnitude-9 translations, rotations and inversions wreck upsampled 8x8 digits, and
+        short runs on them learn far better without).
     """
 
     spec: str
@@ -76,6 +79,7 @@ class DatasetInfo:
     hflip: bool = True
     crop_scale: tuple = (0.08, 1.0)
     eval_crop_pct: float = 0.875
+    randaugment: bool = True
 
     @property
     def shuffle_buffer(self) -> int:
@@ -389,7 +393,7 @@ def _load_digits(spec, resolution, val_fraction):
                        val_source=f"train ({val_fraction:g}, stratified, fixed)",
                        test_source=f"{DIGITS_TEST_FRACTION:g} of all (stratified, fixed)",
                        image_shape=(resolution, resolution, 3), hflip=False,
-                       crop_scale=(0.5, 1.0), eval_crop_pct=1.0)
+                       crop_scale=(0.5, 1.0), eval_crop_pct=1.0, randaugment=False)
     return Splits(make(train_idx), make(val_idx), make(test_idx)), info
 
 
@@ -458,8 +462,11 @@ class Augment:
 
     @classmethod
     def retrain(cls, info: Optional[DatasetInfo] = None, **overrides) -> "Augment":
-        """The release's retrain recipe: crop, flip, RandAugment(2, 9), random erasing 0.2."""
-        return cls(**{**_dataset_defaults(info), "color_jitter": 0.0, "randaugment_ops": 2,
+        """The release's retrain recipe: crop, flip, RandAugment(2, 9), random erasing 0.2.
+
+        Datasets whose `DatasetInfo.randaugment` is False (digits) get no RandAugment."""
+        ops = 2 if info is None or info.randaugment else 0
+        return cls(**{**_dataset_defaults(info), "color_jitter": 0.0, "randaugment_ops": ops,
                       **overrides})
 
     @classmethod

@@ -53,7 +53,9 @@ def test_digits_splits_shapes_and_determinism():
     splits, info = data.load("digits", RES)
     assert info.num_classes == 10 and info.class_names == tuple("0123456789")
     assert sum(info.split_sizes.values()) == 1797
-    assert info.hflip is False
+    assert info.hflip is False and info.randaugment is False
+    assert data.Augment.retrain(info).randaugment_ops == 0 and not data.Augment.retrain(info).flip
+    assert data.Augment.retrain().randaugment_ops == 2 and data.Augment.retrain().flip
     first = {}
     for name in ("train", "val", "test"):
         xs, ys = check_raw(getattr(splits, name), 10, info.split_sizes[name], (RES, RES, 3))
