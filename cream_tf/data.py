@@ -217,11 +217,16 @@ def _load_tfds(spec, name, data_dir, seed, val_fraction):
         plan = {"train": "train", "val": None, "test": "test"}
         def size_of(s):
             return None
-    splits = [plan["train"]] + [plan[k] for k in ("val", "test") if plan[k]]
+    others = [plan[k] for k in ("val", "test") if plan[k]]
     try:
-        loaded = tfds.load(name, split=splits, data_dir=data_dir, download=False,
-                           as_supervised=True, shuffle_files=False,
-                           read_config=tfds.ReadConfig(shuffle_seed=seed))
+        # Train reads its files in a seeded random order when val is sliced off by TFDS (slices
+        # fix membership, so the split stays the same); in the fallback, val is carved by
+        # position, so the order must not depend on the seed.
+        train = tfds.load(name, split=plan["train"], data_dir=data_dir, download=False,
+                          as_supervised=True, shuffle_files=bool(sizes),
+                          read_config=tfds.ReadConfig(shuffle_seed=seed))
+        loaded = [train] + tfds.load(name, split=others, data_dir=data_dir, download=False,
+                                     as_supervised=True, shuffle_files=False)
     except AssertionError as e:
         raise DataError(f"TFDS dataset {name!r} is not prepared in {where} (no download is "
                         f"attempted offline); {how}. ({e})") from None
