@@ -12,6 +12,8 @@ Files in `workdir` (a rerun with the same workdir resumes; nothing is left half-
   best.keras     the EMA model of the epoch with the best `val_accuracy` (+ best.keras.json).
   final.keras    the EMA model after the last epoch.
   history.json   per-epoch logs over all runs.
+  result.json    accuracies of the finished run; while it and final.keras exist, `retrain`
+                 returns them instead of training again (pass overwrite=True to retrain anew).
 Both .keras files hold built-in layers only and no optimizer: `keras.saving.load_model` reads
 them without cream_tf.
 """
@@ -339,7 +341,8 @@ def _resumed_epoch(backup_dir: str) -> int:
 def retrain(architecture, space: Space, splits: data_lib.Splits, info: data_lib.DatasetInfo,
             workdir: str, config: RetrainConfig = RetrainConfig(),
             strategy: Optional[tf.distribute.Strategy] = None,
-            callbacks: Sequence[keras.callbacks.Callback] = ()) -> RetrainResult:
+            callbacks: Sequence[keras.callbacks.Callback] = (),
+            overwrite: bool = False) -> RetrainResult:
     """Trains `architecture` of `space` from scratch and returns the EMA model and its accuracy.
 
     Args:
@@ -353,6 +356,8 @@ def retrain(architecture, space: Space, splits: data_lib.Splits, info: data_lib.
       strategy: a `tf.distribute.Strategy` (default: the current one); `config.batch_size` is
         global.
       callbacks: extra Keras callbacks, run after the built-in ones.
+      overwrite: retrain even when `workdir` holds a finished run. Without it a finished run is
+        returned as it is (its model loaded from final.keras, uncompiled).
     """
     if space.num_classes != info.num_classes:
         raise ValueError(f"space has {space.num_classes} classes but dataset {info.spec!r} has "
@@ -360,6 +365,27 @@ def retrain(architecture, space: Space, splits: data_lib.Splits, info: data_lib.
                          f"{info.num_classes}")
     strategy = strategy or tf.distribute.get_strategy()
     os.makedirs(workdir, exist_ok=True)
+    best_path = os.path.join(workdir, "best.keras")
+    final_path = os.path.join(workdir, "final.keras")
+    result_path = os.path.join(workdir, "result.json")
+    history = _HistoryLog(os.path.join(workdir, "history.json"))
+    if not overwrite and os.path.exists(result_path) and os.path.exists(final_path):
+        with open(result_path) as f:
+            stored = json.load(f)
+        if os.path.exists(history.path):
+            with open(history.path) as f:
+                history.epochs = json.load(f)
+        print(f"cream_tf.retrain: {workdir} holds a finished run (val accuracy "
+              f"{stored['val_accuracy']:.4f}); returning it. Pass overwrite=True to retrain.")
+        return RetrainResult(model=keras.saving.load_model(final_path), history=history.as_dict(),
+                             val_accuracy=stored["val_accuracy"],
+                             test_accuracy=stored["test_accuracy"],
+                             best_val_accuracy=stored["best_val_accuracy"],
+                             best_path=best_path, final_path=final_path)
+    if overwrite:
+        for path in (result_path, best_path + ".json", history.path):
+            if os.path.exists(path):
+                os.remove(path)
     resolution = space.resolution
     n_train = info.split_sizes.get("train")
     steps = config.steps_per_epoch
@@ -399,9 +425,6 @@ def retrain(architecture, space: Space, splits: data_lib.Splits, info: data_lib.
                                                       label_smoothing=config.label_smoothing),
             metrics=[keras.metrics.CategoricalAccuracy(name="accuracy")])
 
-    best_path = os.path.join(workdir, "best.keras")
-    final_path = os.path.join(workdir, "final.keras")
-    history = _HistoryLog(os.path.join(workdir, "history.json"))
     checkpoint = BestModelCheckpoint(best_path, monitor="val_accuracy")
     # Order matters: the backup is written before the EMA swap (raw weights + EMA in the
     # optimizer), the checkpoint after it (EMA weights in the model).
@@ -422,6 +445,10 @@ def retrain(architecture, space: Space, splits: data_lib.Splits, info: data_lib.
         test_ds = data_lib.eval_pipeline(splits.test, resolution, batch_size=eval_batch,
                                          crop_pct=info.eval_crop_pct, one_hot=info.num_classes)
         test_accuracy = float(model.evaluate(test_ds, verbose=0, return_dict=True)["accuracy"])
+    _atomic_write_text(result_path, json.dumps(
+        {"val_accuracy": val_accuracy, "test_accuracy": test_accuracy,
+         "best_val_accuracy": checkpoint.best, "best_epoch": checkpoint.best_epoch,
+         "epochs": config.epochs, "config": dataclasses.asdict(config)}, indent=1, default=str))
     return RetrainResult(model=model, history=history.as_dict(), val_accuracy=val_accuracy,
                          test_accuracy=test_accuracy, best_val_accuracy=checkpoint.best,
                          best_path=best_path, final_path=final_path)

@@ -164,3 +164,9 @@ def test_rerun_after_crash_resumes_from_backup(digits, space, tmp_path):
     assert int(result.model.optimizer.iterations.numpy()) == 3 * 3  # optimizer state restored
     assert result.history["epoch"] == [1, 2, 3]
     assert os.path.exists(result.final_path)
+    # a finished run is returned as it is, not trained again
+    epochs = _Epochs()
+    again = retrain.retrain(PATH, space, splits, info, workdir, config, callbacks=[epochs])
+    assert epochs.started == [] and again.val_accuracy == result.val_accuracy
+    assert again.test_accuracy == result.test_accuracy and again.history == result.history
+    assert again.model.count_params() == result.model.count_params()
