@@ -140,6 +140,20 @@ def draw_architecture(architecture, space: Space, path_png: str,
     _box(ax, x, f"Pool, 1x1 {space.head_channels}", _FIXED, 2.2)
     x += 1
     _box(ax, x, f"FC {space.num_classes}", _FIXED, 2.2)
+    from matplotlib.patches import Patch
+
+    used = {op for stage in arch.stages for op in stage}
+    handles = [Patch(facecolor=c, edgecolor="#333333", label=f"MBConv {k}x{k}")
+               for k, c in _KERNEL_COLOURS.items() if any(o.kind == "ir" and o.kernel == k
+                                                           for o in used)]
+    if any(o.kind == "res" for o in used):
+        handles.append(Patch(facecolor=_RES, edgecolor="#333333", label="ResBlock"))
+    if any(o.kind == "conv" for o in used):
+        handles.append(Patch(facecolor=_CONV, edgecolor="#333333", label="Conv"))
+    if any(o.kind == "ir" for o in used):
+        handles.append(Patch(facecolor="none", edgecolor="none", label="(taller: expansion 6)"))
+    ax.legend(handles=handles, loc="upper center", fontsize=7, frameon=False,
+              ncol=len(handles), bbox_to_anchor=(0.5, 0.0))
     ax.set_xlim(-0.7, x + 0.7)
     ax.set_ylim(-3.3, 1.9)
     ax.axis("off")
