@@ -170,3 +170,44 @@ def test_rerun_after_crash_resumes_from_backup(digits, space, tmp_path):
     assert epochs.started == [] and again.val_accuracy == result.val_accuracy
     assert again.test_accuracy == result.test_accuracy and again.history == result.history
     assert again.model.count_params() == result.model.count_params()
+
+
+class _RecordStats(keras.callbacks.Callback):
+    """Records the raw BN statistics after every training step (runs before the EMA callback)."""
+
+    def __init__(self):
+        super().__init__()
+        self.steps = []
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps.append([v.numpy().copy() for v in self.model.non_trainable_variables])
+
+
+def test_ema_batch_norm_statistics_follow_the_weight_ema():
+    keras.utils.set_random_seed(1)
+    inputs = keras.Input((4,))
+    x = keras.layers.Dense(3)(inputs)
+    x = keras.layers.BatchNormalization(momentum=0.5)(x)
+    model = keras.Model(inputs, keras.layers.Dense(2)(x))
+    model.compile(optimizer=keras.optimizers.SGD(0.1, use_ema=True, ema_momentum=0.7),
+                  loss="mse")
+    xs = np.random.default_rng(0).normal(3.0, 2.0, size=(32, 4)).astype(np.float32)
+    ys = np.zeros((32, 2), np.float32)
+    record = _RecordStats()
+    ema_bn = retrain.EmaBatchNormStatistics(0.7)
+    epoch_starts = []
+    after = keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: epoch_starts.append(
+        [v.numpy().copy() for v in model.non_trainable_variables]))
+    start = [v.numpy().copy() for v in model.non_trainable_variables]
+    model.fit(xs, ys, batch_size=8, epochs=2, validation_data=(xs, ys), verbose=0,
+              callbacks=[keras.callbacks.SwapEMAWeights(swap_on_epoch=True), record, ema_bn,
+                         after])
+    # the second epoch trains on from the raw statistics, not the averaged ones
+    for got, raw in zip(epoch_starts[1], record.steps[3]):
+        np.testing.assert_allclose(got, raw)
+    expected = [s.astype(np.float64) for s in start]
+    for step in record.steps:
+        expected = [0.7 * e + 0.3 * v for e, v in zip(expected, step)]
+    for var, want, raw in zip(model.non_trainable_variables, expected, record.steps[-1]):
+        np.testing.assert_allclose(var.numpy(), want, rtol=1e-5)  # the average is in the model
+        assert not np.allclose(want, raw)  # and it is not the raw statistics
