@@ -24,7 +24,7 @@ from cream_tf import child as child_lib
 from cream_tf.space import Space
 
 __all__ = ["ChoiceLayer", "SuperNet", "inherit_weights", "path_tensor", "VariableOwner",
-           "choice_prefix"]
+           "choice_prefix", "nested_path"]
 
 
 def choice_prefix(stage: int, index: int) -> str:
@@ -179,7 +179,7 @@ class SuperNet(keras.Model):
 
     def path_layers(self, path) -> list:
         """The Keras layers a path uses: the fixed parts and the chosen (non-skip) branches."""
-        flat = arch_lib.flat_path(arch_lib.validate_path(_nested(path, self.space), self.space))
+        flat = arch_lib.flat_path(arch_lib.validate_path(nested_path(path, self.space), self.space))
         result = [self.stem_ds, self.final_head]
         for choice, o in zip(self.choices, flat):
             branch = choice.branches[o]
@@ -188,8 +188,8 @@ class SuperNet(keras.Model):
         return result
 
 
-def _nested(path, space: Space):
-    """Accepts per-stage lists, a flat list/array or a tensor; returns per-stage lists."""
+def nested_path(path, space: Space):
+    """Per-stage lists from per-stage lists, a flat list/array or a tensor (not validated)."""
     if isinstance(path, (tf.Tensor, tf.Variable)):
         path = path.numpy()
     if isinstance(path, np.ndarray):
@@ -209,7 +209,7 @@ def _nested(path, space: Space):
 
 def path_tensor(path, space: Space) -> tf.Tensor:
     """A path (per-stage lists, flat list or array) checked against `space`, as int32 [L]."""
-    nested = arch_lib.validate_path(_nested(path, space), space)
+    nested = arch_lib.validate_path(nested_path(path, space), space)
     return tf.constant(arch_lib.flat_path(nested), tf.int32)
 
 
@@ -219,7 +219,7 @@ _PREFIX_PARTS = 2  # 'stageS_layerI_oO' -> child 'stageS_blockB'
 def _child_name_map(supernet: SuperNet, path) -> dict:
     """supernet layer (path object) -> child layer name, for the layers `path` uses."""
     space = supernet.space
-    nested = arch_lib.validate_path(_nested(path, space), space)
+    nested = arch_lib.validate_path(nested_path(path, space), space)
     mapping = {}
     for part in (supernet.stem_ds, supernet.final_head):
         for layer in part.layers:
