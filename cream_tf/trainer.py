@@ -330,22 +330,10 @@ def search(space: Space, train_ds: tf.data.Dataset, val_ds: tf.data.Dataset, wor
                                           indent=2, default=str))
 
     sampler = Sampler(space, config.prior, config.skip_prob, config.macs_range, config.seed)
-    keras.utils.set_random_seed(config.seed)  # supernet and matching-network initialisation
-    r = space.resolution
-    with strategy.scope():
-        supernet = SuperNet(space, dropout=config.dropout)
-        schedule = LinearDecay(config.learning_rate, config.total_steps)
-        optimizer = PathSGD(supernet.variable_owner, space.num_layers, learning_rate=schedule,
-                            momentum=config.momentum, nesterov=config.nesterov,
-                            l2=config.weight_decay, freeze_inactive=config.freeze_inactive)
-        optimizer.build(supernet.trainable_variables)
-        board = Board(config.board_size, space.num_layers, config.board_images, (r, r, 3),
-                      space.num_classes, gap=config.board_gap)
-        matching = matching_lib.MatchingNetwork(config.board_images, space.num_classes,
-                                                seed=config.seed)
-        meta_optimizer = keras.optimizers.SGD(config.meta_lr, name="meta_sgd")
-        meta_optimizer.build(matching.trainable_variables)
-        step_var = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+    state = _SearchState(space, config, strategy)
+    supernet, optimizer, board = state.supernet, state.optimizer, state.board
+    matching, meta_optimizer, step_var = state.matching, state.meta_optimizer, state.step
+    schedule = state.schedule
 
     train_iter = iter(train_ds.batch(config.batch_size, drop_remainder=True).prefetch(2))
     val_batch = config.meta_slice * replicas
@@ -366,8 +354,7 @@ def search(space: Space, train_ds: tf.data.Dataset, val_ds: tf.data.Dataset, wor
                              f"({e})") from None
         _log.info("resumed from %s at step %d", latest, int(step_var.numpy()))
 
-    steps = _StepFunctions(space, config, strategy, supernet, optimizer, board, matching,
-                           meta_optimizer)
+    steps = _StepFunctions(state)
     writer = tf.summary.create_file_writer(os.path.join(workdir, "logs")) if chief else None
     board_json = os.path.join(workdir, "board.json")
     if chief:
@@ -418,24 +405,53 @@ def search(space: Space, train_ds: tf.data.Dataset, val_ds: tf.data.Dataset, wor
     if not chief:
         tf.io.gfile.rmtree(os.path.join(workdir, ".tmp_worker", str(task_id)))
     traces = {name: getattr(steps, name).experimental_get_tracing_count()
-              for name in ("warmup", "distill", "meta")}
+              for name in ("warmup", "distill")}
     return SearchResult(space, supernet, board, matching, sampler, workdir, total, logs, traces)
+
+
+class _SearchState:
+    """Everything a search trains and checkpoints, created under the strategy's scope."""
+
+    def __init__(self, space: Space, config: SearchConfig, strategy):
+        self.space, self.config, self.strategy = space, config, strategy
+        keras.utils.set_random_seed(config.seed)  # supernet and matching-network initialisation
+        r = space.resolution
+        with strategy.scope():
+            self.supernet = SuperNet(space, dropout=config.dropout)
+            schedule = LinearDecay(config.learning_rate, config.total_steps)
+            self.optimizer = PathSGD(self.supernet.variable_owner, space.num_layers,
+                                     learning_rate=schedule, momentum=config.momentum,
+                                     nesterov=config.nesterov, l2=config.weight_decay,
+                                     freeze_inactive=config.freeze_inactive)
+            self.schedule = schedule
+            self.optimizer.build(self.supernet.trainable_variables)
+            self.board = Board(config.board_size, space.num_layers, config.board_images,
+                               (r, r, 3), space.num_classes, gap=config.board_gap)
+            self.matching = matching_lib.MatchingNetwork(config.board_images, space.num_classes,
+                                                         seed=config.seed)
+            self.meta_optimizer = keras.optimizers.SGD(config.meta_lr, name="meta_sgd")
+            self.meta_optimizer.build(self.matching.trainable_variables)
+            self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
 
 
 class _StepFunctions:
     """The traced replica steps. One trace each serves every path (the path is an int32 tensor)."""
 
-    def __init__(self, space, config, strategy, supernet, optimizer, board, matching,
-                 meta_optimizer):
-        self.space, self.config, self.strategy = space, config, strategy
-        self.supernet, self.optimizer, self.board = supernet, optimizer, board
-        self.matching, self.meta_optimizer = matching, meta_optimizer
+    def __init__(self, state: _SearchState):
+        self.space, self.config, self.strategy = state.space, state.config, state.strategy
+        self.supernet, self.optimizer, self.board = state.supernet, state.optimizer, state.board
+        self.matching, self.meta_optimizer = state.matching, state.meta_optimizer
+        config, strategy = self.config, self.strategy
         self.replicas = strategy.num_replicas_in_sync
         self.per_replica = config.batch_size // self.replicas
         jit = bool(config.jit_compile)
         self.warmup = tf.function(lambda x, y, p: self._train(x, y, p, False), jit_compile=jit)
         self.distill = tf.function(lambda x, y, p: self._train(x, y, p, True), jit_compile=jit)
-        self.meta = tf.function(self._meta)
+        # The meta step runs eagerly: eager tf.switch_case runs only the taken branch, so its
+        # second-order gradient covers the path's ops only. Traced, it differentiates twice
+        # through every branch of every layer, which takes minutes to build even for tiny spaces;
+        # it runs once every meta_interval steps, so eager overhead does not matter.
+        self.meta = self._meta
 
     @staticmethod
     def _local(tensor, size):
