@@ -30,7 +30,8 @@ class Selection:
     """The chosen path and the ranked table of every candidate (best accuracy first).
 
     Table rows: {"path": per-stage lists, "paper": str, "macs": int, "params": int,
-    "accuracy": float (percent, held-out), "board_score": float, "in_range": bool}.
+    "accuracy": float (percent, held-out; None for paths outside the range, which are not
+    evaluated), "board_score": float, "in_range": bool}. Rows in range come first, best first.
     """
 
     best: dict
@@ -45,9 +46,11 @@ class Selection:
         lines = [f"{'#':>2}  {'acc %':>6}  {'MACs':>13}  {'params':>10}  arch"]
         for i, row in enumerate(self.table):
             mark = "*" if row is self.best else (" " if row["in_range"] else "-")
-            lines.append(f"{i + 1:>2}{mark} {row['accuracy']:6.2f}  {row['macs']:>13,}  "
+            acc = "   n/a" if row["accuracy"] is None else f"{row['accuracy']:6.2f}"
+            lines.append(f"{i + 1:>2}{mark} {acc}  {row['macs']:>13,}  "
                          f"{row['params']:>10,}  {row['paper']}")
-        lo, hi = ("-inf" if v is None else format(v, ",") for v in self.macs_range)
+        lo, hi = (d if v is None else format(v, ",")
+                  for v, d in zip(self.macs_range, ("-inf", "inf")))
         lines.append(f"* chosen; - outside the MACs range [{lo}, {hi}]")
         return "\n".join(lines)
 
@@ -150,14 +153,16 @@ def select(space: Space, supernet: SuperNet, board, train_ds: tf.data.Dataset,
     for entry in entries:
         nested = _nested(entry["path"], space)
         macs = table.path_macs(nested)
-        accuracy = evaluate_path(space, supernet, nested, train_ds, val_ds, bn_batches,
-                                 batch_size)
+        in_range = bool(low <= macs <= high)
+        # only paths inside the range are evaluated (the others cannot be chosen)
+        accuracy = (evaluate_path(space, supernet, nested, train_ds, val_ds, bn_batches,
+                                  batch_size) if in_range else None)
         rows.append({"path": [list(s) for s in nested],
                      "paper": arch_lib.path_to_arch(nested, space).to_paper(),
                      "macs": macs, "params": table.path_params(nested), "accuracy": accuracy,
                      "board_score": float(entry.get("score", float("nan"))),
-                     "in_range": bool(low <= macs <= high)})
-    rows.sort(key=lambda r: (-r["accuracy"], r["macs"]))
+                     "in_range": in_range})
+    rows.sort(key=lambda r: (not r["in_range"], -(r["accuracy"] or 0.0), r["macs"]))
     candidates = [r for r in rows if r["in_range"]]
     shown = (int(low) if np.isfinite(low) else None, int(high) if np.isfinite(high) else None)
     if not candidates:
