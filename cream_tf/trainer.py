@@ -25,6 +25,7 @@ import time
 import keras
 import numpy as np
 import tensorflow as tf
+from tensorflow.core.framework import summary_pb2
 
 from cream_tf import arch as arch_lib
 from cream_tf import matching as matching_lib
@@ -224,6 +225,16 @@ class SearchResult:
         return self.board.entries()
 
 
+# TensorBoard's scalar plugin tag, so tf.summary.write works without the tensorboard package
+# (tf.summary.scalar needs it installed) and TensorBoard still plots the values as scalars.
+_SCALAR_METADATA = summary_pb2.SummaryMetadata(
+    plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
+
+
+def _scalar(tag: str, value, step: int):
+    tf.summary.write(tag, tf.constant(value, tf.float32), step=step, metadata=_SCALAR_METADATA)
+
+
 def write_atomic(path: str, text: str):
     """Writes `text` to `path` via a temp file in the same directory and os.replace."""
     directory = os.path.dirname(os.path.abspath(path))
@@ -391,9 +402,9 @@ def search(space: Space, train_ds: tf.data.Dataset, val_ds: tf.data.Dataset, wor
         if writer is not None and ((step + 1) % config.log_interval == 0 or step + 1 == total):
             with writer.as_default(step=step + 1):
                 for key in ("loss", "accuracy", "rho", "board_size", "macs", "lr"):
-                    tf.summary.scalar(f"search/{key}", logs[key])
+                    _scalar(f"search/{key}", logs[key], step + 1)
                 if logs["board_size"]:
-                    tf.summary.scalar("search/board_best", float(board.scores.numpy()[0]))
+                    _scalar("search/board_best", float(board.scores.numpy()[0]), step + 1)
         progbar.update(step + 1, [("loss", logs["loss"]), ("accuracy", accuracy),
                                   ("rho", logs["rho"]), ("board", logs["board_size"])])
         if (step + 1) % config.checkpoint_interval == 0 or step + 1 == total:

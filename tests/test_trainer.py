@@ -182,7 +182,12 @@ def test_search_on_digits_finds_paths_better_than_random(tmp_path):
     for name in ("board.json", "search.json"):
         assert os.path.exists(tmp_path / name)
     assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).endswith("-300")
-    assert os.listdir(tmp_path / "logs")
+    tags = set()
+    for name in os.listdir(tmp_path / "logs"):
+        for event in tf.compat.v1.train.summary_iterator(str(tmp_path / "logs" / name)):
+            tags.update(v.tag for v in event.summary.value
+                        if v.metadata.plugin_data.plugin_name == "scalars")
+    assert {"search/loss", "search/accuracy", "search/rho", "search/board_size"} <= tags
 
     plain_train = tf.data.Dataset.from_tensor_slices(train)
     selection = select_lib.select(space, result.supernet, result.board, plain_train, val_ds,
