@@ -213,7 +213,6 @@ def path_tensor(path, space: Space) -> tf.Tensor:
     return tf.constant(arch_lib.flat_path(nested), tf.int32)
 
 
-_PREFIX_PARTS = 2  # 'stageS_layerI_oO' -> child 'stageS_blockB'
 
 
 def _child_name_map(supernet: SuperNet, path) -> dict:

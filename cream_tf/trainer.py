@@ -20,14 +20,12 @@ import json
 import logging
 import os
 import tempfile
-import time
 
 import keras
 import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
-from cream_tf import arch as arch_lib
 from cream_tf import matching as matching_lib
 from cream_tf.board import Board
 from cream_tf.sampler import Sampler
@@ -279,10 +277,11 @@ def _check_dataset(ds, space: Space, what: str):
 
 
 def _signature(space: Space, config: SearchConfig) -> dict:
-    return {"space": dataclasses.asdict(space), "seed": config.seed,
-            "batch_size": config.batch_size, "total_steps": config.total_steps,
-            "board_size": config.board_size, "board_images": config.board_images,
-            "teacher": config.teacher}
+    signature = {"space": dataclasses.asdict(space), "seed": config.seed,
+                 "batch_size": config.batch_size, "total_steps": config.total_steps,
+                 "board_size": config.board_size, "board_images": config.board_images,
+                 "teacher": config.teacher}
+    return json.loads(json.dumps(signature))  # the form it takes after a JSON round trip
 
 
 def search(space: Space, train_ds: tf.data.Dataset, val_ds: tf.data.Dataset, workdir: str,

@@ -74,7 +74,8 @@ def test_off_path_ops_stay_bit_identical_and_one_trace_serves_all_paths():
     rng = np.random.default_rng(0)
     paths = []
     for _ in range(20):
-        p = [int(rng.choice([c for c in layer.choices if not (l == frozen_layer and c == frozen_op)]))
+        p = [int(rng.choice([c for c in layer.choices
+                             if not (l == frozen_layer and c == frozen_op)]))
              for l, layer in enumerate(TINY.layers)]
         paths.append(p)
     paths[0][used_layer] = used_op
