@@ -1,0 +1,279 @@
+"""The Cream supernet: every op of every searchable layer in one Keras model, one path at a time.
+
+Each searchable position of a `Space` becomes a `ChoiceLayer` that owns one small functional model
+per allowed op (built with `blocks.op_block`, so it holds exactly the layers a child network would
+hold) and runs the chosen one with `tf.switch_case` on one element of an int32 path tensor. Because
+the path is a tensor, one traced graph serves every path.
+
+Branch layers are named `{choice}_o{op}_{part}` (e.g. `stage2_layer3_o5_expand_conv`), where
+`{part}` is exactly the suffix `child.build` uses after its block prefix
+(`stage2_block2_expand_conv`); the stem, DS, 1x1 conv and head carry the child's own names. So a
+child takes a path's weights by layer name (`inherit_weights`).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from cream_tf import arch as arch_lib
+from cream_tf import blocks
+from cream_tf import child as child_lib
+from cream_tf.space import Space
+
+__all__ = ["ChoiceLayer", "SuperNet", "inherit_weights", "path_tensor", "VariableOwner",
+           "choice_prefix", "nested_path"]
+
+
+def choice_prefix(stage: int, index: int) -> str:
+    """Name prefix of searchable layer `index` (0-based) of stage `stage` (0-based)."""
+    return f"stage{stage + 1}_layer{index + 1}"
+
+
+def _branch_prefix(stage: int, index: int, op_index: int) -> str:
+    return f"{choice_prefix(stage, index)}_o{op_index}"
+
+
+class ChoiceLayer(keras.layers.Layer):
+    """One searchable position: a branch per allowed op, `tf.switch_case` picks one.
+
+    Branch `i` is op index `i` of the space. Op indices the layer does not allow (only SkipConnect,
+    at the first layer of a stage, and it is the last index) get no branch; callers validate paths
+    before they reach the graph (`SuperNet.path_tensor`).
+    """
+
+    def __init__(self, space: Space, layer_index: int, **kwargs):
+        layer = space.layers[layer_index]
+        super().__init__(name=choice_prefix(layer.stage, layer.index), **kwargs)
+        self.space = space
+        self.layer_index = layer_index
+        self.spec = layer
+        shape = (layer.in_size, layer.in_size, layer.in_channels)
+        self.op_indices = tuple(sorted(layer.choices))
+        if self.op_indices != tuple(range(len(self.op_indices))):
+            raise ValueError(f"{self.name}: op indices {self.op_indices} are not 0..n-1; "
+                             f"SkipConnect must be the last op of the space")
+        self.branches = []
+        for o in self.op_indices:
+            op = space.ops[o]
+            prefix = _branch_prefix(layer.stage, layer.index, o)
+            if op.kind == "skip":
+                self.branches.append(None)
+                continue
+            inputs = keras.Input(shape, name=f"{prefix}_input")
+            outputs = blocks.op_block(inputs, op, layer.out_channels, layer.stride, prefix)
+            self.branches.append(keras.Model(inputs, outputs, name=prefix))
+
+    def build(self, input_shape):
+        # Branch models are built at construction (functional); nothing to create here.
+        self.built = True
+
+    def call(self, x, index=None, training=None):
+        if index is None:
+            raise ValueError(f"{self.name}: pass the op index as index=<int32 scalar tensor>")
+
+        def run(branch):
+            if branch is None:
+                return lambda: tf.identity(x)
+            return lambda: branch(x, training=training)
+
+        return tf.switch_case(index, [run(b) for b in self.branches])
+
+    def compute_output_shape(self, input_shape):
+        s = self.spec
+        out = -(-s.in_size // s.stride)
+        return (input_shape[0], out, out, s.out_channels)
+
+
+def _fixed_models(space: Space, dropout: float):
+    r = space.resolution
+    inputs = keras.Input((r, r, 3), name="image")
+    x = blocks.stem(inputs, space.stem_channels)
+    x = blocks.ds_block(x, space.ds_channels, space.ds_stride)
+    stem = keras.Model(inputs, x, name="stem_ds")
+    f = space.final_size
+    tail_in = keras.Input((f, f, space.stage_channels[-1]), name="features")
+    y = blocks.final_conv(tail_in, space.final_channels)
+    y = blocks.head(y, space.head_channels, space.num_classes, dropout=dropout)
+    tail = keras.Model(tail_in, y, name="final_head")
+    return stem, tail
+
+
+@dataclasses.dataclass(frozen=True)
+class VariableOwner:
+    """Where a supernet variable lives: searchable layer `layer` (-1 = fixed part) and op `op`."""
+
+    layer: int
+    op: int
+
+
+class SuperNet(keras.Model):
+    """All paths of a space in one model: `supernet(images, path=int32[L], training=...)` -> logits.
+
+    Args:
+      space: the search space (its resolution fixes the input size).
+      dropout: rate of the dropout before the classifier (the release searches without).
+
+    Build happens in the constructor (every branch, eagerly), so the optimizer, checkpoints and the
+    variable order never depend on which branch a trace reached first. Create it inside
+    `strategy.scope()` for distributed training.
+    """
+
+    def __init__(self, space: Space, dropout: float = 0.0, name: str = "cream_supernet", **kw):
+        super().__init__(name=name, **kw)
+        self.space = space
+        self.dropout = dropout
+        self.stem_ds, self.final_head = _fixed_models(space, dropout)
+        self.choices = [ChoiceLayer(space, l) for l in range(space.num_layers)]
+        # Every branch is a functional model, built (variables created) when it was made; mark the
+        # wrappers built so no call (and no trace of every branch) is needed here.
+        for choice in self.choices:
+            choice.built = True
+        self.built = True
+        self._owners = self._variable_owners()
+
+    def call(self, images, path=None, training=None):
+        if path is None:
+            raise ValueError("SuperNet needs the path: supernet(images, path=int32 tensor of "
+                             f"{self.space.num_layers} op indices)")
+        path = tf.convert_to_tensor(path, tf.int32)
+        x = self.stem_ds(images, training=training)
+        for l, choice in enumerate(self.choices):
+            x = choice(x, index=path[l], training=training)
+        return self.final_head(x, training=training)
+
+    # -- paths -----------------------------------------------------------------------------
+    def path_tensor(self, path) -> tf.Tensor:
+        """Validates a path (per-stage lists or flat) and returns it as the int32 [L] tensor."""
+        return path_tensor(path, self.space)
+
+    # -- variable ownership -----------------------------------------------------------------
+    def _variable_owners(self) -> dict:
+        owners = {}
+        for v in self.stem_ds.weights + self.final_head.weights:
+            owners[id(v)] = VariableOwner(-1, -1)
+        for l, choice in enumerate(self.choices):
+            for o, branch in zip(choice.op_indices, choice.branches):
+                if branch is not None:
+                    for v in branch.weights:
+                        owners[id(v)] = VariableOwner(l, o)
+        missing = [v.path for v in self.weights if id(v) not in owners]
+        if missing:
+            raise RuntimeError(f"supernet variables without an owner: {missing}")
+        return owners
+
+    def variable_owner(self, variable) -> VariableOwner:
+        """(layer, op) of a supernet variable; layer -1 means a fixed part (always trained)."""
+        try:
+            return self._owners[id(variable)]
+        except KeyError:
+            raise KeyError(f"{getattr(variable, 'path', variable)!r} is not a variable of "
+                           f"{self.name}") from None
+
+    def variable_owners(self, variables=None) -> list:
+        """Owners of `variables` (default: trainable variables), in order, for the optimizer."""
+        variables = self.trainable_variables if variables is None else variables
+        return [self.variable_owner(v) for v in variables]
+
+    def path_layers(self, path) -> list:
+        """The Keras layers a path uses: the fixed parts and the chosen (non-skip) branches."""
+        flat = arch_lib.flat_path(arch_lib.validate_path(nested_path(path, self.space), self.space))
+        result = [self.stem_ds, self.final_head]
+        for choice, o in zip(self.choices, flat):
+            branch = choice.branches[o]
+            if branch is not None:
+                result.append(branch)
+        return result
+
+
+def nested_path(path, space: Space):
+    """Per-stage lists from per-stage lists, a flat list/array or a tensor (not validated)."""
+    if isinstance(path, (tf.Tensor, tf.Variable)):
+        path = path.numpy()
+    if isinstance(path, np.ndarray):
+        path = path.tolist()
+    path = list(path)
+    if path and all(isinstance(p, (int, np.integer)) for p in path):
+        if len(path) != space.num_layers:
+            raise arch_lib.ArchError(f"a flat path of space {space.name!r} has "
+                                     f"{space.num_layers} op indices, got {len(path)}")
+        nested, i = [], 0
+        for d in space.depth:
+            nested.append(path[i:i + d])
+            i += d
+        return nested
+    return path
+
+
+def path_tensor(path, space: Space) -> tf.Tensor:
+    """A path (per-stage lists, flat list or array) checked against `space`, as int32 [L]."""
+    nested = arch_lib.validate_path(nested_path(path, space), space)
+    return tf.constant(arch_lib.flat_path(nested), tf.int32)
+
+
+
+
+def _child_name_map(supernet: SuperNet, path) -> dict:
+    """supernet layer (path object) -> child layer name, for the layers `path` uses."""
+    space = supernet.space
+    nested = arch_lib.validate_path(nested_path(path, space), space)
+    mapping = {}
+    for part in (supernet.stem_ds, supernet.final_head):
+        for layer in part.layers:
+            if layer.weights:
+                mapping[layer.name] = layer
+    l = 0
+    for s, stage in enumerate(nested):
+        b = 0
+        for i, o in enumerate(stage):
+            branch = supernet.choices[l].branches[o]
+            l += 1
+            if branch is None:
+                continue
+            src_prefix = _branch_prefix(s, i, o)
+            dst_prefix = child_lib.block_prefix(s, b)
+            b += 1
+            for layer in branch.layers:
+                if layer.weights:
+                    if not layer.name.startswith(src_prefix + "_"):
+                        raise RuntimeError(f"unexpected branch layer name {layer.name!r}")
+                    mapping[dst_prefix + layer.name[len(src_prefix):]] = layer
+    return mapping
+
+
+def inherit_weights(child_model: keras.Model, supernet: SuperNet, path) -> keras.Model:
+    """Copies the weights (incl. BN statistics) of `path` from `supernet` into `child_model`.
+
+    `child_model` must be `child.build(path, supernet.space)` (any input size, dropout or
+    classifier activation). Layers are matched by name; every weighted layer of the child must find
+    its source and shapes must agree, otherwise a ValueError names the layer. Returns the child.
+    """
+    mapping = _child_name_map(supernet, path)
+    child_layers = {}
+
+    def collect(model):
+        for layer in model.layers:
+            if isinstance(layer, keras.Model):
+                collect(layer)
+            elif layer.weights:
+                child_layers[layer.name] = layer
+
+    collect(child_model)
+    missing = sorted(set(child_layers) - set(mapping))
+    extra = sorted(set(mapping) - set(child_layers))
+    if missing or extra:
+        raise ValueError(
+            "the child does not match the path: "
+            + (f"child layers without a supernet source: {missing[:5]}; " if missing else "")
+            + (f"path layers missing from the child: {extra[:5]}" if extra else "")
+            + " (build it with cream_tf.child.build(path, supernet.space))")
+    for name, layer in child_layers.items():
+        src = mapping[name].get_weights()
+        dst = layer.get_weights()
+        if [w.shape for w in src] != [w.shape for w in dst]:
+            raise ValueError(f"layer {name!r}: shapes {[w.shape for w in dst]} in the child, "
+                             f"{[w.shape for w in src]} in the supernet")
+        layer.set_weights(src)
+    return child_model

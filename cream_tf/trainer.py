@@ -1,0 +1,533 @@
+"""The Cream search: supernet training with a prioritized board (CREAM_SPEC sections 6-7).
+
+One step: sample a path on the host (`Sampler`, a function of (seed, step), so every replica and
+worker trains the same path and a resumed run samples what an uninterrupted one would); forward it
+on the global batch split over the replicas; after the warm-up and once the board holds a path,
+score the student against every board entry in one batched forward, pick a teacher
+(`matching.select_teacher`), run it without gradient and use the Cream loss; apply gradients to
+the path's weights only (`PathSGD`: ops off the path keep weights and momentum bit-identical);
+then offer the path to the board with its batch accuracy. Every `meta_interval` steps the matching
+network takes a meta-gradient step (`matching.meta_gradients`) with its own optimizer.
+
+Everything that a resumed search needs (supernet, optimizer, board, matching network, meta
+optimizer, step and the position in both input pipelines) is one `tf.train.Checkpoint` under
+`workdir/checkpoints`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import tempfile
+
+import keras
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.framework import summary_pb2
+
+from cream_tf import matching as matching_lib
+from cream_tf.board import Board
+from cream_tf.sampler import Sampler
+from cream_tf.space import Space
+from cream_tf.supernet import SuperNet
+
+__all__ = ["SearchConfig", "SearchResult", "LinearDecay", "PathSGD", "search", "write_atomic"]
+
+_log = logging.getLogger(__name__)
+
+
+@keras.saving.register_keras_serializable(package="cream_tf")
+class LinearDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """lr(step) = base * max(0, 1 - step / total_steps): linear per step from `base` to 0.
+
+    (The release's formula only gives this for base 1.0; this one holds for any base.)
+    """
+
+    def __init__(self, base: float, total_steps: int):
+        if not base > 0:
+            raise ValueError(f"base learning rate must be > 0, got {base!r}")
+        if int(total_steps) < 1:
+            raise ValueError(f"total_steps must be >= 1, got {total_steps!r}")
+        self.base = float(base)
+        self.total_steps = int(total_steps)
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        frac = tf.maximum(0.0, 1.0 - step / float(self.total_steps))
+        return tf.constant(self.base, tf.float32) * frac
+
+    def get_config(self):
+        return {"base": self.base, "total_steps": self.total_steps}
+
+
+class PathSGD(keras.optimizers.SGD):
+    """SGD (Nesterov) that updates only the variables of the current path.
+
+    Each variable's `update_step` runs under `tf.cond` on its 'active' flag: fixed parts (stem,
+    DS, 1x1 conv, head) are always active, a branch variable is active when its op is the path's
+    op at its layer. Inactive variables keep weight and momentum bit-identical. The path is set
+    with `set_path` before `apply` (it lives in a variable, so the flag is computed inside the
+    traced update on every device).
+
+    Weight decay is coupled L2 (added to the gradient, like torch SGD's weight_decay) and only on
+    conv and dense kernels (variables of rank > 1), as the release does. Keras' own decoupled
+    `weight_decay` would move every variable every step, so it is refused.
+
+    Args:
+      owners: callable variable -> object with `.layer` (-1 = fixed) and `.op` (e.g.
+        `SuperNet.variable_owner`).
+      num_layers: length of the path.
+      l2: coupled weight decay of kernels.
+      freeze_inactive: False gives the release's PyTorch-1.2 behaviour (zero gradients still
+        move once-used ops by momentum and decay).
+    """
+
+    def __init__(self, owners, num_layers: int, learning_rate=0.01, momentum=0.9,
+                 nesterov=True, l2=1e-4, freeze_inactive=True, name="path_sgd", **kwargs):
+        if kwargs.get("weight_decay"):
+            raise ValueError("PathSGD applies coupled L2 through l2=...; Keras' decoupled "
+                             "weight_decay would also decay ops off the path")
+        super().__init__(learning_rate=learning_rate, momentum=momentum, nesterov=nesterov,
+                         name=name, **kwargs)
+        self._owner_fn = owners
+        self.num_layers = int(num_layers)
+        self.l2 = float(l2)
+        self.freeze_inactive = bool(freeze_inactive)
+
+    def build(self, variables):
+        if self.built:
+            return
+        super().build(variables)
+        self._owners = [(int(o.layer), int(o.op)) for o in (self._owner_fn(v) for v in variables)]
+        self._decayed = [len(v.shape) > 1 for v in variables]
+        self.path = self.add_variable((self.num_layers,), initializer="zeros", dtype="int32",
+                                      name="path")
+
+    def set_path(self, path):
+        self.path.assign(tf.cast(path, tf.int32))
+
+    def update_step(self, gradient, variable, learning_rate):
+        index = self._get_variable_index(variable)
+        layer, op = self._owners[index]
+        if self.l2 and self._decayed[index]:
+            gradient = gradient + tf.cast(self.l2, gradient.dtype) * tf.cast(variable,
+                                                                             gradient.dtype)
+        parent = super()
+        if layer < 0 or not self.freeze_inactive:
+            return parent.update_step(gradient, variable, learning_rate)
+
+        def update():
+            parent.update_step(gradient, variable, learning_rate)
+            return tf.constant(True)
+
+        path = self.path.value if isinstance(self.path, keras.Variable) else self.path
+        tf.cond(tf.equal(path[layer], op), update, lambda: tf.constant(False))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(num_layers=self.num_layers, l2=self.l2,
+                      freeze_inactive=self.freeze_inactive)
+        return config
+
+
+@dataclasses.dataclass
+class SearchConfig:
+    """Settings of a search; defaults are the release's ImageNet search (CREAM_SPEC 6-7).
+
+    Steps: `epochs * steps_per_epoch` (ImageNet: 1,281,167 / 1024 -> 1251 per epoch). Scale it down
+    by setting `epochs`, `steps_per_epoch`, `warmup_epochs` and `batch_size`.
+    """
+
+    epochs: int = 120
+    steps_per_epoch: int = 1251
+    warmup_epochs: int = 20            # CE only; distillation starts after (release: 20 of 120)
+    batch_size: int = 1024             # global, over all replicas
+    learning_rate: float = 1.0         # linear per-step decay to 0, no warm-up
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 1e-4         # coupled L2 on conv/dense kernels
+    freeze_inactive: bool = True       # ops off the path keep weights and momentum (section 9)
+    label_smoothing: float = 0.1
+    dropout: float = 0.0
+    prior: object = "release"          # 'uniform', 'release' or one weight per op
+    skip_prob: float | None = None     # None: uniform share where SkipConnect is allowed
+    macs_range: tuple | None = None    # (min, max) MACs of sampled paths
+    board_size: int = 10
+    board_images: int = 4
+    board_gap: float = 5.0
+    teacher: str = "meta"              # 'meta' or 'top1'
+    meta_interval: int = 200
+    meta_lr: float = 1e-4
+    meta_slice: int = 4                # per replica: KD slice of the batch and held-out batch
+    seed: int = 0
+    checkpoint_interval: int = 1000    # steps
+    keep_checkpoints: int = 3
+    log_interval: int = 10             # TensorBoard scalars every this many steps
+    verbose: int = 1                   # 0 silent, 1 progress bar
+    jit_compile: bool = False          # XLA for the step; single-device only
+
+    def __post_init__(self):
+        ints = ("epochs", "steps_per_epoch", "batch_size", "board_size", "board_images",
+                "meta_interval", "meta_slice", "checkpoint_interval", "keep_checkpoints",
+                "log_interval")
+        for name in ints:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"SearchConfig.{name} must be an int >= 1, got {value!r}")
+        if not 0 <= self.warmup_epochs <= self.epochs:
+            raise ValueError(f"SearchConfig.warmup_epochs must be in [0, epochs={self.epochs}], "
+                             f"got {self.warmup_epochs!r}")
+        if self.teacher not in matching_lib.TEACHER_MODES:
+            raise ValueError(f"SearchConfig.teacher must be one of "
+                             f"{', '.join(matching_lib.TEACHER_MODES)}, got {self.teacher!r}")
+        for name in ("learning_rate", "meta_lr"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"SearchConfig.{name} must be > 0, got {getattr(self, name)!r}")
+        if not 0 <= self.label_smoothing < 1 or not 0 <= self.dropout < 1:
+            raise ValueError("SearchConfig.label_smoothing and dropout must be in [0, 1)")
+        if self.weight_decay < 0 or not 0 <= self.momentum < 1:
+            raise ValueError("SearchConfig.weight_decay must be >= 0 and momentum in [0, 1)")
+
+    @property
+    def total_steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+    @property
+    def warmup_steps(self) -> int:
+        return self.warmup_epochs * self.steps_per_epoch
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["prior"] = self.prior if isinstance(self.prior, str) else list(self.prior)
+        d["macs_range"] = None if self.macs_range is None else list(self.macs_range)
+        return d
+
+
+@dataclasses.dataclass
+class SearchResult:
+    """What a search leaves: the trained supernet, its board, and where everything was written."""
+
+    space: Space
+    supernet: SuperNet
+    board: Board
+    matching: keras.Model
+    sampler: Sampler
+    workdir: str
+    steps: int
+    last_logs: dict
+    traces: dict  # traces per step function in this call; 1 each means no retracing per path
+
+    @property
+    def entries(self) -> list:
+        return self.board.entries()
+
+
+# TensorBoard's scalar plugin tag, so tf.summary.write works without the tensorboard package
+# (tf.summary.scalar needs it installed) and TensorBoard still plots the values as scalars.
+_SCALAR_METADATA = summary_pb2.SummaryMetadata(
+    plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
+
+
+def _scalar(tag: str, value, step: int):
+    tf.summary.write(tag, tf.constant(value, tf.float32), step=step, metadata=_SCALAR_METADATA)
+
+
+def write_atomic(path: str, text: str):
+    """Writes `text` to `path` via a temp file in the same directory and os.replace."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp_" + os.path.basename(path))
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _worker_info(strategy):
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not getattr(resolver, "task_type", None):
+        return True, 0
+    task_type, task_id = resolver.task_type, resolver.task_id or 0
+    chief = task_type == "chief" or (task_type == "worker" and task_id == 0 and
+                                     "chief" not in resolver.cluster_spec().as_dict())
+    return chief, task_id
+
+
+def _check_dataset(ds, space: Space, what: str):
+    if not isinstance(ds, tf.data.Dataset):
+        raise TypeError(f"{what} must be a tf.data.Dataset of (image, label), got {type(ds)}")
+    spec = ds.element_spec
+    if not (isinstance(spec, tuple) and len(spec) == 2):
+        raise ValueError(f"{what} must yield (image, label) pairs, unbatched; got {spec}")
+    image, label = spec
+    want = (space.resolution, space.resolution, 3)
+    if image.shape.rank != 3 or tuple(image.shape) != want:
+        raise ValueError(f"{what} images must be unbatched float32 {want} (the space's "
+                         f"resolution); got shape {image.shape} (batch it inside search, not "
+                         f"before)")
+    if label.shape.rank != 0:
+        raise ValueError(f"{what} labels must be scalar class ids, got shape {label.shape}")
+
+
+def _signature(space: Space, config: SearchConfig) -> dict:
+    signature = {"space": dataclasses.asdict(space), "seed": config.seed,
+                 "batch_size": config.batch_size, "total_steps": config.total_steps,
+                 "board_size": config.board_size, "board_images": config.board_images,
+                 "teacher": config.teacher}
+    return json.loads(json.dumps(signature))  # the form it takes after a JSON round trip
+
+
+def search(space: Space, train_ds: tf.data.Dataset, val_ds: tf.data.Dataset, workdir: str,
+           config: SearchConfig | None = None, strategy=None, callback=None) -> SearchResult:
+    """Trains a supernet of `space` with Cream's prioritized paths; resumes from `workdir`.
+
+    Args:
+      space: the search space.
+      train_ds: unbatched, shuffled/augmented, repeating dataset of (float32 HWC image, int label).
+        A resumed search continues its input pipeline where it stopped (the iterator is in the
+        checkpoint), so seed its shuffles for exact reruns.
+      val_ds: unbatched finite dataset held out from training; the meta-gradient reads it
+        (repeated).
+      workdir: where checkpoints, TensorBoard logs and board.json go. If it holds a checkpoint of
+        the same search (same space, seed, batch, steps, board settings), the search resumes.
+      config: `SearchConfig` (defaults: the release's ImageNet search).
+      strategy: a tf.distribute strategy (default: the current one). All replicas train the same
+        path; the global batch is split over them.
+      callback: optional callable(step, logs) run on the host after every step (logs: loss,
+        accuracy, rho, teacher, board_size, macs, lr, path). It may raise to stop the search.
+
+    Returns:
+      `SearchResult` with the supernet, the board and the workdir.
+    """
+    config = config or SearchConfig()
+    strategy = strategy or tf.distribute.get_strategy()
+    _check_dataset(train_ds, space, "train_ds")
+    _check_dataset(val_ds, space, "val_ds")
+    replicas = strategy.num_replicas_in_sync
+    if config.batch_size % replicas:
+        raise ValueError(f"batch_size {config.batch_size} must divide evenly over {replicas} "
+                         f"replicas")
+    per_replica = config.batch_size // replicas
+    if per_replica < max(config.board_images, config.meta_slice):
+        raise ValueError(f"each replica gets {per_replica} images per step; board_images "
+                         f"({config.board_images}) and meta_slice ({config.meta_slice}) must not "
+                         f"exceed it")
+    if config.jit_compile and replicas > 1:
+        raise ValueError("jit_compile=True only works on a single device (XLA cannot compile a "
+                         "step that applies gradients under a multi-replica strategy)")
+    chief, task_id = _worker_info(strategy)
+    os.makedirs(workdir, exist_ok=True)
+
+    signature = _signature(space, config)
+    sig_path = os.path.join(workdir, "search.json")
+    if os.path.exists(sig_path):
+        with open(sig_path) as f:
+            saved = json.load(f)
+        old = saved.get("signature", {})
+        diff = sorted(k for k in set(old) | set(signature) if old.get(k) != signature.get(k))
+        if diff:
+            raise ValueError(f"workdir {workdir!r} holds a different search (differs in "
+                             f"{', '.join(diff)}); use a new workdir or the same settings")
+    if chief:
+        write_atomic(sig_path, json.dumps({"signature": signature, "config": config.to_dict()},
+                                          indent=2, default=str))
+
+    sampler = Sampler(space, config.prior, config.skip_prob, config.macs_range, config.seed)
+    state = _SearchState(space, config, strategy)
+    supernet, optimizer, board = state.supernet, state.optimizer, state.board
+    matching, meta_optimizer, step_var = state.matching, state.meta_optimizer, state.step
+    schedule = state.schedule
+
+    train_iter = iter(train_ds.batch(config.batch_size, drop_remainder=True).prefetch(2))
+    val_batch = config.meta_slice * replicas
+    val_iter = iter(val_ds.repeat().batch(val_batch, drop_remainder=True).prefetch(1))
+    checkpoint = tf.train.Checkpoint(supernet=supernet, optimizer=optimizer, board=board,
+                                     matching=matching, meta_optimizer=meta_optimizer,
+                                     step=step_var, train_data=train_iter, val_data=val_iter)
+    ckpt_dir = os.path.join(workdir, "checkpoints")
+    if not chief:  # every worker saves (collectives); only the chief's copy is kept
+        ckpt_dir = os.path.join(workdir, ".tmp_worker", str(task_id))
+    manager = tf.train.CheckpointManager(checkpoint, ckpt_dir, config.keep_checkpoints)
+    latest = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
+    if latest:
+        try:
+            checkpoint.restore(latest).assert_existing_objects_matched()
+        except (AssertionError, ValueError, tf.errors.OpError) as e:
+            raise ValueError(f"cannot resume from {latest}: it does not match this search "
+                             f"({e})") from None
+        _log.info("resumed from %s at step %d", latest, int(step_var.numpy()))
+
+    steps = _StepFunctions(state)
+    writer = tf.summary.create_file_writer(os.path.join(workdir, "logs")) if chief else None
+    board_json = os.path.join(workdir, "board.json")
+    if chief:
+        write_atomic(board_json, board.to_json(space))
+
+    start = int(step_var.numpy())
+    total = config.total_steps
+    progbar = keras.utils.Progbar(total, verbose=1 if (config.verbose and chief) else 0,
+                                  stateful_metrics=["loss", "accuracy", "rho", "board"])
+    if start and progbar.verbose:
+        progbar.update(start)
+    logs = {}
+    for step in range(start, total):
+        path_np = sampler.sample(step)
+        path = tf.constant(path_np, tf.int32)
+        images, labels = next(train_iter)
+        distill = step >= config.warmup_steps and int(board.size.numpy()) > 0
+        if (distill and config.teacher == "meta" and step % config.meta_interval == 0):
+            val_images, val_labels = next(val_iter)
+            steps.meta(images, labels, val_images, val_labels, path)
+        out = (steps.distill if distill else steps.warmup)(images, labels, path)
+        accuracy = 100.0 * float(out["correct"].numpy()) / config.batch_size
+        macs = sampler.path_macs(path_np)
+        changed = board.update(path_np, accuracy, macs, out["images"].numpy(),
+                               out["probs"].numpy())
+        step_var.assign(step + 1)
+        logs = {"loss": float(out["loss"].numpy()), "accuracy": accuracy,
+                "rho": float(out["rho"].numpy()), "teacher": int(out["teacher"].numpy()),
+                "board_size": int(board.size.numpy()), "macs": macs,
+                "lr": float(schedule(step).numpy()), "path": path_np.tolist(),
+                "board_changed": bool(changed)}
+        if chief and changed:
+            write_atomic(board_json, board.to_json(space))
+        if writer is not None and ((step + 1) % config.log_interval == 0 or step + 1 == total):
+            with writer.as_default(step=step + 1):
+                for key in ("loss", "accuracy", "rho", "board_size", "macs", "lr"):
+                    _scalar(f"search/{key}", logs[key], step + 1)
+                if logs["board_size"]:
+                    _scalar("search/board_best", float(board.scores.numpy()[0]), step + 1)
+        progbar.update(step + 1, [("loss", logs["loss"]), ("accuracy", accuracy),
+                                  ("rho", logs["rho"]), ("board", logs["board_size"])])
+        if (step + 1) % config.checkpoint_interval == 0 or step + 1 == total:
+            manager.save(checkpoint_number=step + 1)
+        if callback is not None:
+            callback(step, logs)
+    if writer is not None:
+        writer.flush()
+    if not chief:
+        tf.io.gfile.rmtree(os.path.join(workdir, ".tmp_worker", str(task_id)))
+    traces = {name: getattr(steps, name).experimental_get_tracing_count()
+              for name in ("warmup", "distill")}
+    return SearchResult(space, supernet, board, matching, sampler, workdir, total, logs, traces)
+
+
+class _SearchState:
+    """Everything a search trains and checkpoints, created under the strategy's scope."""
+
+    def __init__(self, space: Space, config: SearchConfig, strategy):
+        self.space, self.config, self.strategy = space, config, strategy
+        keras.utils.set_random_seed(config.seed)  # supernet and matching-network initialisation
+        r = space.resolution
+        with strategy.scope():
+            self.supernet = SuperNet(space, dropout=config.dropout)
+            schedule = LinearDecay(config.learning_rate, config.total_steps)
+            self.optimizer = PathSGD(self.supernet.variable_owner, space.num_layers,
+                                     learning_rate=schedule, momentum=config.momentum,
+                                     nesterov=config.nesterov, l2=config.weight_decay,
+                                     freeze_inactive=config.freeze_inactive)
+            self.schedule = schedule
+            self.optimizer.build(self.supernet.trainable_variables)
+            self.board = Board(config.board_size, space.num_layers, config.board_images,
+                               (r, r, 3), space.num_classes, gap=config.board_gap)
+            self.matching = matching_lib.MatchingNetwork(config.board_images, space.num_classes,
+                                                         seed=config.seed)
+            self.meta_optimizer = keras.optimizers.SGD(config.meta_lr, name="meta_sgd")
+            self.meta_optimizer.build(self.matching.trainable_variables)
+            self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+
+
+class _StepFunctions:
+    """The traced replica steps. One trace each serves every path (the path is an int32 tensor)."""
+
+    def __init__(self, state: _SearchState):
+        self.space, self.config, self.strategy = state.space, state.config, state.strategy
+        self.supernet, self.optimizer, self.board = state.supernet, state.optimizer, state.board
+        self.matching, self.meta_optimizer = state.matching, state.meta_optimizer
+        config, strategy = self.config, self.strategy
+        self.replicas = strategy.num_replicas_in_sync
+        self.per_replica = config.batch_size // self.replicas
+        jit = bool(config.jit_compile)
+        self.warmup = tf.function(lambda x, y, p: self._train(x, y, p, False), jit_compile=jit)
+        self.distill = tf.function(lambda x, y, p: self._train(x, y, p, True), jit_compile=jit)
+        # The meta step runs eagerly: eager tf.switch_case runs only the taken branch, so its
+        # second-order gradient covers the path's ops only. Traced, it differentiates twice
+        # through every branch of every layer, which takes minutes to build even for tiny spaces;
+        # it runs once every meta_interval steps, so eager overhead does not matter.
+        self.meta = self._meta
+
+    @staticmethod
+    def _local(tensor, size):
+        """This replica's slice of a global batch (replicas take consecutive blocks)."""
+        ctx = tf.distribute.get_replica_context()
+        rid = tf.cast(ctx.replica_id_in_sync_group, tf.int32)
+        return tensor[rid * size:(rid + 1) * size]
+
+    def _train(self, images, labels, path, distill: bool):
+        cfg, net, board = self.config, self.supernet, self.board
+        n = cfg.board_images
+        global_batch = cfg.batch_size
+
+        def replica_fn(images, labels):
+            x = self._local(images, self.per_replica)
+            y = tf.cast(self._local(labels, self.per_replica), tf.int32)
+            if distill:
+                ctx = tf.distribute.get_replica_context()
+                student_probs = matching_lib.student_board_probs(
+                    lambda t: net(t, path=path, training=True), board.images, board.size)
+                # identical on every replica already; the mean makes it bit-identical, so all
+                # replicas pick the same teacher
+                student_probs = ctx.all_reduce(tf.distribute.ReduceOp.MEAN, student_probs)
+                index, rho, _ = matching_lib.select_teacher(
+                    cfg.teacher, student_probs, board.probs, board.size, self.matching)
+                teacher_path = tf.gather(tf.convert_to_tensor(board.paths), index)
+                teacher_logits = tf.stop_gradient(net(x, path=teacher_path, training=True))
+                rho = tf.stop_gradient(tf.cast(rho, tf.float32))
+            else:
+                index, rho, teacher_logits = tf.constant(-1, tf.int32), tf.constant(0.0), None
+            with tf.GradientTape() as tape:
+                logits = net(x, path=path, training=True)
+                loss = matching_lib.cream_loss(y, logits, teacher_logits, rho,
+                                               cfg.label_smoothing, global_batch)
+            variables = net.trainable_variables
+            grads = tape.gradient(loss, variables)
+            self.optimizer.apply(grads, variables)
+            correct = tf.reduce_sum(tf.cast(
+                tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), y), tf.int32))
+            return loss, correct, x[:n], tf.nn.softmax(logits[:n]), rho, index
+
+        self.optimizer.set_path(path)
+        loss, correct, head, probs, rho, index = self.strategy.run(replica_fn,
+                                                                   args=(images, labels))
+        reduce = self.strategy.reduce
+        return {"loss": reduce("SUM", loss, axis=None),
+                "correct": reduce("SUM", correct, axis=None),
+                "images": self.strategy.gather(head, axis=0)[:n],
+                "probs": self.strategy.gather(probs, axis=0)[:n],
+                "rho": reduce("MEAN", rho, axis=None),
+                "teacher": self.strategy.experimental_local_results(index)[0]}
+
+    def _meta(self, images, labels, val_images, val_labels, path):
+        cfg, board = self.config, self.board
+        m = cfg.meta_slice
+
+        def replica_fn(images, labels, val_images, val_labels):
+            x = self._local(images, self.per_replica)[:m]
+            y = tf.cast(self._local(labels, self.per_replica)[:m], tf.int32)
+            vx = self._local(val_images, m)
+            vy = tf.cast(self._local(val_labels, m), tf.int32)
+            lr = self.optimizer.learning_rate
+            grads = matching_lib.meta_gradients(
+                self.supernet, path, self.matching, board.images, board.probs, board.size,
+                x, y, vx, vy, lr, cfg.label_smoothing, m * self.replicas,
+                board_paths=board.paths)
+            self.meta_optimizer.apply(grads, self.matching.trainable_variables)
+
+        self.strategy.run(replica_fn, args=(images, labels, val_images, val_labels))

@@ -1,0 +1,95 @@
+"""SuperNet: one traced graph for every path, and children that inherit a path's weights exactly."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cream_tf import arch, child, flops
+from cream_tf.space import Space
+from cream_tf.supernet import SuperNet, inherit_weights, nested_path
+
+SPACES = {name: Space(name, depth=(1, 2, 1, 2, 1) if name == "mbconv" else 1, resolution=32,
+                      width=0.25, num_classes=10)
+          for name in ("mbconv", "mbconv_res", "mbconv_res_conv")}
+
+
+@pytest.fixture(scope="module", params=sorted(SPACES))
+def net(request):
+    tf.keras.utils.set_random_seed(1)
+    return SuperNet(SPACES[request.param])
+
+
+def _random_paths(space, rng, count):
+    return [[int(rng.choice(layer.choices)) for layer in space.layers] for _ in range(count)]
+
+
+def _randomise_batch_norm(net, rng):
+    """Non-trivial BN statistics, so the copy of moving mean/variance is tested too."""
+    for v in net.non_trainable_variables:
+        if "moving_mean" in v.path:
+            v.assign(rng.normal(0, 0.1, v.shape).astype(np.float32))
+        elif "moving_variance" in v.path:
+            v.assign(rng.uniform(0.5, 1.5, v.shape).astype(np.float32))
+
+
+def test_child_with_inherited_weights_equals_supernet_path(net):
+    space = net.space
+    rng = np.random.default_rng(0)
+    _randomise_batch_norm(net, rng)
+    x = tf.constant(rng.normal(size=(2, 32, 32, 3)).astype(np.float32))
+    paths = _random_paths(space, rng, 3)
+    # include the deepest and a skip-heavy path where the space has skips
+    paths.append([max(l.choices) for l in space.layers])
+    for flat in paths:
+        model = child.build(nested_path(flat, space), space)
+        inherit_weights(model, net, flat)
+        expected = net(x, path=net.path_tensor(flat), training=False).numpy()
+        got = model(x, training=False).numpy()
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5, err_msg=str(flat))
+        # the child's weights are the supernet's: same count as the path's layers
+        path_params = flops.cost_table(space).path_params(nested_path(flat, space))
+        assert model.count_params() - sum(int(np.prod(w.shape)) for w in
+                                          model.non_trainable_weights) == path_params
+
+
+def test_one_trace_serves_every_path(net):
+    space = net.space
+    forward = tf.function(lambda x, p: net(x, path=p, training=False))
+    x = tf.zeros([1, 32, 32, 3])
+    rng = np.random.default_rng(1)
+    outs = set()
+    for flat in _random_paths(space, rng, 20):
+        outs.add(float(tf.reduce_sum(forward(x, net.path_tensor(flat)))))
+    assert forward.experimental_get_tracing_count() == 1
+    assert len(outs) > 1  # different paths really compute different things
+
+
+def test_variable_owners_cover_every_variable(net):
+    space = net.space
+    owners = net.variable_owners(net.weights)
+    fixed = [v for v, o in zip(net.weights, owners) if o.layer < 0]
+    assert all(v.path.split("/")[0].startswith(("stem", "ds", "final", "head", "classifier"))
+               for v in fixed)
+    for v, o in zip(net.weights, owners):
+        if o.layer >= 0:
+            layer = space.layers[o.layer]
+            assert o.op in layer.choices and o.op != space.skip_index
+            assert f"stage{layer.stage + 1}_layer{layer.index + 1}_o{o.op}_" in v.path
+
+
+def test_path_layers_and_bad_paths(net):
+    space = net.space
+    flat = [min(l.choices) for l in space.layers]
+    assert len(net.path_layers(flat)) == 2 + space.num_layers
+    with pytest.raises(arch.ArchError, match="op index"):
+        net.path_tensor([space.skip_index] * space.num_layers)  # skip at a stage's first layer
+    with pytest.raises(arch.ArchError, match="flat path"):
+        net.path_tensor([0])
+
+
+def test_inherit_rejects_a_child_of_another_path(net):
+    space = net.space
+    a = [0] * space.num_layers
+    b = [1] * space.num_layers
+    model = child.build(nested_path(b, space), space)
+    with pytest.raises(ValueError, match="does not match|shapes"):
+        inherit_weights(model, net, a)

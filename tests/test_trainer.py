@@ -1,0 +1,203 @@
+"""The search loop: path-only updates, one trace for every path, LR schedule, resume, end to end."""
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from sklearn.datasets import load_digits
+
+from cream_tf import select as select_lib
+from cream_tf import trainer
+from cream_tf.space import Space
+from cream_tf.supernet import VariableOwner
+
+TINY = Space("mbconv", depth=(1, 2, 1, 1, 1), resolution=32, width=0.25, num_classes=10)
+
+
+def _mirrored():
+    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+
+
+def digits(split_seed=0):
+    """sklearn's bundled digits as 32x32x3 float images in [0, 1]; (train, held-out) arrays."""
+    data = load_digits()
+    x = data.images.astype(np.float32) / 16.0
+    x = tf.image.resize(x[..., None], (32, 32), method="bilinear").numpy()
+    x = np.repeat(x, 3, axis=-1)
+    y = data.target.astype(np.int32)
+    order = np.random.default_rng(split_seed).permutation(len(y))
+    x, y = x[order], y[order]
+    return (x[:1400], y[:1400]), (x[1400:], y[1400:])
+
+
+def _datasets(train, held_out, seed=0):
+    train_ds = tf.data.Dataset.from_tensor_slices(train).shuffle(
+        len(train[1]), seed=seed, reshuffle_each_iteration=True).repeat()
+    return train_ds, tf.data.Dataset.from_tensor_slices(held_out)
+
+
+def test_linear_decay_for_any_base_rate():
+    schedule = trainer.LinearDecay(0.4, 100)
+    values = [float(schedule(s)) for s in (0, 1, 25, 50, 99, 100, 150)]
+    np.testing.assert_allclose(values, [0.4, 0.396, 0.3, 0.2, 0.004, 0.0, 0.0], rtol=1e-6,
+                               atol=1e-7)
+    with pytest.raises(ValueError):
+        trainer.LinearDecay(0.0, 10)
+    # the optimizer applies it per step
+    opt = trainer.PathSGD(lambda v: None, 1, learning_rate=schedule)
+    opt.iterations.assign(30)
+    assert float(opt.learning_rate) == pytest.approx(0.4 * 0.7)
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="teacher"):
+        trainer.SearchConfig(teacher="best")
+    with pytest.raises(ValueError, match="warmup_epochs"):
+        trainer.SearchConfig(epochs=2, warmup_epochs=3)
+    with pytest.raises(ValueError, match="batch_size"):
+        trainer.SearchConfig(batch_size=0)
+    with pytest.raises(ValueError, match="weight_decay"):
+        trainer.PathSGD(lambda v: None, 1, weight_decay=1e-4)
+
+
+def test_off_path_ops_stay_bit_identical_and_one_trace_serves_all_paths():
+    """Real step under 2 replicas: an op on none of 20 paths keeps weights and momentum exactly."""
+    config = trainer.SearchConfig(epochs=1, steps_per_epoch=40, warmup_epochs=1, batch_size=8,
+                                  learning_rate=0.5, seed=3)
+    strategy = _mirrored()
+    state = trainer._SearchState(TINY, config, strategy)
+    steps = trainer._StepFunctions(state)
+    net, opt = state.supernet, state.optimizer
+    frozen_layer, frozen_op = 2, 4           # stage 2, second layer, MB4 7x7: never sampled
+    used_layer, used_op = 0, 1
+    rng = np.random.default_rng(0)
+    paths = []
+    for _ in range(20):
+        p = [int(rng.choice([c for c in layer.choices
+                             if not (l == frozen_layer and c == frozen_op)]))
+             for l, layer in enumerate(TINY.layers)]
+        paths.append(p)
+    paths[0][used_layer] = used_op
+
+    def owned(layer, op):
+        return [(i, v) for i, v in enumerate(net.trainable_variables)
+                if net.variable_owner(v) == VariableOwner(layer, op)]
+
+    frozen = owned(frozen_layer, frozen_op)
+    used = owned(used_layer, used_op)
+    assert frozen and used
+    before = {i: (v.numpy().copy(), opt.momentums[i].numpy().copy()) for i, v in frozen + used}
+    x = tf.random.stateless_uniform([8, 32, 32, 3], seed=[1, 2])
+    y = tf.constant(np.arange(8) % 10, tf.int32)
+    for p in paths:
+        out = steps.warmup(x, y, tf.constant(p, tf.int32))
+        assert np.isfinite(out["loss"].numpy())
+    assert steps.warmup.experimental_get_tracing_count() == 1
+    for i, v in frozen:
+        np.testing.assert_array_equal(v.numpy(), before[i][0], err_msg=v.path)
+        np.testing.assert_array_equal(opt.momentums[i].numpy(), before[i][1], err_msg=v.path)
+        for copy in strategy.experimental_local_results(v.value):  # every replica's copy
+            np.testing.assert_array_equal(copy.numpy(), before[i][0])
+    moved = [not np.array_equal(v.numpy(), before[i][0]) for i, v in used]
+    assert all(moved)
+    assert any(not np.array_equal(opt.momentums[i].numpy(), before[i][1]) for i, _ in used)
+    assert int(opt.iterations.numpy()) == 20
+
+
+@pytest.mark.slow
+def test_two_replicas_step_like_one_device():
+    """Loss scaling: one warm-up step on 2 replicas moves trainable weights as one device does."""
+    config = trainer.SearchConfig(epochs=1, steps_per_epoch=10, warmup_epochs=1, batch_size=8,
+                                  learning_rate=0.5, seed=5)
+    x = tf.random.stateless_uniform([8, 32, 32, 3], seed=[3, 4])
+    y = tf.constant(np.arange(8) % 10, tf.int32)
+    path = tf.constant([0, 3, 6, 2, 5, 1], tf.int32)
+    results = []
+    for strategy in (tf.distribute.get_strategy(), _mirrored()):
+        state = trainer._SearchState(TINY, config, strategy)
+        out = trainer._StepFunctions(state).warmup(x, y, path)
+        results.append((float(out["loss"].numpy()),
+                        [v.numpy() for v in state.supernet.trainable_variables]))
+    assert results[0][0] == pytest.approx(results[1][0], rel=1e-5)
+    for a, b in zip(results[0][1], results[1][1]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.slow
+def test_resume_continues_exactly(tmp_path):
+    tf.config.experimental.enable_op_determinism()
+    try:
+        train, held_out = digits()
+        config = trainer.SearchConfig(epochs=3, steps_per_epoch=4, warmup_epochs=1, batch_size=8,
+                                      learning_rate=0.2, board_size=3, board_images=2,
+                                      meta_interval=3, meta_slice=2, checkpoint_interval=5,
+                                      seed=11, verbose=0)
+        full = trainer.search(TINY, *_datasets(train, held_out), str(tmp_path / "full"), config)
+
+        def interrupt(step, logs):
+            if step == 6:  # after the checkpoint at 5: steps 6 and 7 are redone after resume
+                raise _Stop
+
+        with pytest.raises(_Stop):
+            trainer.search(TINY, *_datasets(train, held_out), str(tmp_path / "cut"), config,
+                           callback=interrupt)
+        resumed = trainer.search(TINY, *_datasets(train, held_out), str(tmp_path / "cut"), config)
+        assert full.board.entries() == resumed.board.entries()
+        for name in ("images", "probs", "paths", "scores", "macs", "size"):
+            np.testing.assert_array_equal(getattr(full.board, name).numpy(),
+                                          getattr(resumed.board, name).numpy())
+        for a, b in zip(full.supernet.weights, resumed.supernet.weights):
+            np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+        for a, b in zip(full.matching.weights, resumed.matching.weights):
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
+        assert full.last_logs["loss"] == resumed.last_logs["loss"]
+        with open(tmp_path / "cut" / "board.json") as f:
+            assert len(json.load(f)) == int(resumed.board.size.numpy())
+        # a different search in the same workdir is refused
+        with pytest.raises(ValueError, match="different search"):
+            trainer.search(TINY, *_datasets(train, held_out), str(tmp_path / "cut"),
+                           trainer.SearchConfig(**{**config.to_dict(), "seed": 12}))
+    finally:
+        from tensorflow.python.framework import config as tf_config
+        tf_config.disable_op_determinism()
+
+
+@pytest.mark.slow
+def test_search_on_digits_finds_paths_better_than_random(tmp_path):
+    space = Space("mbconv", depth=2, resolution=32, width=0.25, num_classes=10)
+    train, held_out = digits()
+    config = trainer.SearchConfig(epochs=6, steps_per_epoch=50, warmup_epochs=2, batch_size=16,
+                                  learning_rate=0.1, board_size=5, board_images=2,
+                                  meta_interval=50, meta_slice=2, checkpoint_interval=100,
+                                  log_interval=50, seed=0, verbose=0)
+    train_ds, val_ds = _datasets(train, held_out)
+    result = trainer.search(space, train_ds, val_ds, str(tmp_path), config, strategy=_mirrored())
+    # one trace per step function, over hundreds of different paths
+    assert result.traces == {"warmup": 1, "distill": 1}
+    assert int(result.board.size.numpy()) == config.board_size
+    for name in ("board.json", "search.json"):
+        assert os.path.exists(tmp_path / name)
+    assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).endswith("-300")
+    tags = set()
+    for name in os.listdir(tmp_path / "logs"):
+        for event in tf.compat.v1.train.summary_iterator(str(tmp_path / "logs" / name)):
+            tags.update(v.tag for v in event.summary.value
+                        if v.metadata.plugin_data.plugin_name == "scalars")
+    assert {"search/loss", "search/accuracy", "search/rho", "search/board_size"} <= tags
+
+    plain_train = tf.data.Dataset.from_tensor_slices(train)
+    selection = select_lib.select(space, result.supernet, result.board, plain_train, val_ds,
+                                  bn_batches=5, batch_size=64)
+    rng = np.random.default_rng(123)
+    random_acc = []
+    for _ in range(5):
+        flat = [int(rng.choice(layer.choices)) for layer in space.layers]
+        random_acc.append(select_lib.evaluate_path(space, result.supernet, flat, plain_train,
+                                                   val_ds, 5, 64))
+    assert selection.best["accuracy"] > np.mean(random_acc), (selection.to_text(), random_acc)
+    assert selection.best["accuracy"] > 30  # far above chance (10 %) on held-out digits
