@@ -12,9 +12,11 @@ from __future__ import annotations
 import os
 import sys
 
-from absl import app, flags
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out
 
-from cream_tf import cli
+from absl import app, flags  # noqa: E402
+
+from cream_tf import cli  # noqa: E402
 
 MODES = ("all", "search", "select", "retrain", "export", "profile", "tune")
 
@@ -42,7 +44,8 @@ _BATCH_SIZE = flags.DEFINE_integer("batch_size", 128, "Global batch size of the 
 _SEARCH_EPOCHS = flags.DEFINE_integer("search_epochs", 120, "Search epochs.")
 _STEPS_PER_EPOCH = flags.DEFINE_integer("steps_per_epoch", 0, "Steps per epoch; 0 = one pass "
                                         "over the training split.")
-_LR = flags.DEFINE_float("lr", 0.5, "Base learning rate of the search (linear decay to 0).")
+_LR = flags.DEFINE_float("lr", 1.0, "Search learning rate per 1024 images, scaled linearly by "
+                         "--batch_size (linear decay to 0).")
 _WEIGHT_DECAY = flags.DEFINE_float("weight_decay", 1e-4, "L2 on conv and dense kernels.")
 _WARMUP_EPOCHS = flags.DEFINE_integer("warmup_epochs", 20, "Epochs before distillation starts.")
 _BOARD_SIZE = flags.DEFINE_integer("board_size", 10, "Paths kept on the prioritized board.")
@@ -70,7 +73,8 @@ _ARCH = flags.DEFINE_string("arch", None, "Architecture for retrain/export/profi
                             "selected one: a zoo name or any architecture string.")
 _RETRAIN_EPOCHS = flags.DEFINE_integer("retrain_epochs", 500, "Retraining epochs.")
 _RETRAIN_BATCH_SIZE = flags.DEFINE_integer("retrain_batch_size", 128, "Retraining batch size.")
-_RETRAIN_LR = flags.DEFINE_float("retrain_lr", 0.0, "Retraining LR; 0 = 0.064 per 1024 images.")
+_RETRAIN_LR = flags.DEFINE_float("retrain_lr", 0.064, "Retraining learning rate per 1024 images, "
+                                 "scaled linearly by --retrain_batch_size.")
 _RETRAIN_DROPOUT = flags.DEFINE_float("retrain_dropout", 0.2, "Dropout before the classifier.")
 _EMA_DECAY = flags.DEFINE_float("ema_decay", 0.9999, "Weight EMA of the retrained network "
                                 "(0 = off).")

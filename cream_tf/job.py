@@ -61,7 +61,7 @@ def validate(flag_values) -> Settings:
                        "weight_decay", "board_gap", "flops_min", "flops_max", "retrain_epochs",
                        "retrain_lr", "num_classes", "val_fraction"],
               allow_zero=("search_epochs", "warmup_epochs", "steps_per_epoch", "weight_decay",
-                          "board_gap", "flops_min", "flops_max", "retrain_epochs", "retrain_lr",
+                          "board_gap", "flops_min", "flops_max", "retrain_epochs",
                           "num_classes", "meta_lr", "lr", "val_fraction"))
     if values["flops_max"] and values["flops_min"] > values["flops_max"]:
         raise cli.UsageError(f"--flops_min ({values['flops_min']}M) is above --flops_max "
@@ -174,7 +174,7 @@ class Job:
             return trainer.SearchConfig(
                 epochs=self.s.search_epochs, steps_per_epoch=steps,
                 warmup_epochs=self.s.warmup_epochs, batch_size=self.s.batch_size,
-                learning_rate=self.s.lr, weight_decay=self.s.weight_decay, prior=self.s.prior,
+                learning_rate=self.s.lr * self.s.batch_size / 1024, weight_decay=self.s.weight_decay, prior=self.s.prior,
                 macs_range=table_range, board_size=self.s.board_size,
                 board_images=self.s.board_images, board_gap=self.s.board_gap,
                 teacher=self.s.teacher, meta_interval=self.s.meta_interval,
@@ -272,7 +272,7 @@ class Job:
         splits, info = self.data()
         space = self.space
         arch = self.architecture()
-        lr = self.s.retrain_lr or 0.064 * self.s.retrain_batch_size / 1024
+        lr = self.s.retrain_lr * self.s.retrain_batch_size / 1024
         config = retrain_lib.RetrainConfig(
             epochs=self.s.retrain_epochs, batch_size=self.s.retrain_batch_size, lr=lr,
             dropout=self.s.retrain_dropout, ema_decay=self.s.ema_decay, seed=self.s.seed)
@@ -365,21 +365,19 @@ class Job:
         return result
 
     def plots(self, arch):
+        """The found network drawn like the paper's figures, and the board over the search."""
         from cream_tf import plots
 
         history_path = os.path.join(self.search_dir, "board_history.json")
-        made = []
-        try:
-            made.append(plots.draw_architecture(arch, self.space,
-                                                os.path.join(self.workdir, "architecture.png")))
-            if os.path.exists(history_path):
-                made.append(plots.plot_board(cli.read_json(history_path),
-                                             os.path.join(self.workdir, "board.png")))
-        except plots.MissingMatplotlib as e:
-            print(f"note: {e}")
-        return made
-
-
+        made = [plots.draw_architecture(arch, self.space,
+                                        os.path.join(self.workdir, "architecture.png"))]
+        if os.path.exists(history_path):
+            low, high = self.macs_range()
+            shade = (low / 1e6 if low else 0.0, high / 1e6) if high else None
+            made.append(plots.plot_board(cli.read_json(history_path),
+                                         os.path.join(self.workdir, "board.png"),
+                                         flops_range=shade))
+        return [m for m in made if m]
 
 
 def _is_chief(strategy) -> bool:
