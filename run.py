@@ -14,7 +14,7 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out
 
-from absl import app, flags  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
 
 from cream_tf import cli  # noqa: E402
 
@@ -96,6 +96,8 @@ OUR_FLAGS = [holder.name for holder in list(globals().values())
 def main(argv):
     if len(argv) > 1:
         cli.fail(f"unexpected arguments {' '.join(argv[1:])!r}; flags start with --")
+    if not flags.FLAGS["verbosity"].present:  # -v / --verbosity=0 bring TF's INFO logs back
+        logging.set_verbosity(logging.WARNING)
     from cream_tf import job  # heavy imports (TensorFlow) only after the flags are good
 
     try:

@@ -419,6 +419,14 @@ def profile(settings: Settings):
 
 
 def run(flag_values):
+    import warnings
+
+    import tensorflow as tf
+
+    if flag_values["verbosity"].value < 0:
+        tf.get_logger().setLevel("ERROR")  # e.g. the retracing notes of per-path evaluation
+    # the LiteRT successor of tf.lite.Interpreter is optional; the old one works in TF 2.21
+    warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")
     settings = validate(flag_values)
     if settings.mode == "profile":
         return profile(settings)

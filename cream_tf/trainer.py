@@ -64,9 +64,9 @@ class LinearDecay(keras.optimizers.schedules.LearningRateSchedule):
 class PathSGD(keras.optimizers.SGD):
     """SGD (Nesterov) that updates only the variables of the current path.
 
-    Each variable's `update_step` runs under `tf.cond` on its 'active' flag: fixed parts (stem,
-    DS, 1x1 conv, head) are always active, a branch variable is active when its op is the path's
-    op at its layer. Inactive variables keep weight and momentum bit-identical. The path is set
+    Each variable's update is selected by its 'active' flag: fixed parts (stem, DS, 1x1 conv,
+    head) are always active, a branch variable is active when its op is the path's op at its
+    layer. Inactive variables keep weight and momentum bit-identical. The path is set
     with `set_path` before `apply` (it lives in a variable, so the flag is computed inside the
     traced update on every device).
 
@@ -113,16 +113,24 @@ class PathSGD(keras.optimizers.SGD):
         if self.l2 and self._decayed[index]:
             gradient = gradient + tf.cast(self.l2, gradient.dtype) * tf.cast(variable,
                                                                              gradient.dtype)
-        parent = super()
         if layer < 0 or not self.freeze_inactive:
-            return parent.update_step(gradient, variable, learning_rate)
-
-        def update():
-            parent.update_step(gradient, variable, learning_rate)
-            return tf.constant(True)
-
+            return super().update_step(gradient, variable, learning_rate)
+        # Keras SGD's arithmetic, then a select on the path: no tf.cond per variable (hundreds of
+        # conds made tracing the step take minutes), and an inactive variable and its momentum
+        # are written back bit-identical.
         path = self.path.value if isinstance(self.path, keras.Variable) else self.path
-        tf.cond(tf.equal(path[layer], op), update, lambda: tf.constant(False))
+        active = tf.equal(path[layer], op)
+        lr = tf.cast(learning_rate, variable.dtype)
+        gradient = tf.cast(gradient, variable.dtype)
+        if self.momentum == 0:
+            self.assign(variable, tf.where(active, variable - gradient * lr, variable))
+            return
+        m = self.momentums[index]
+        momentum = tf.cast(self.momentum, variable.dtype)
+        new_m = m * momentum - gradient * lr
+        step = new_m * momentum - gradient * lr if self.nesterov else new_m
+        self.assign(m, tf.where(active, new_m, m))
+        self.assign(variable, tf.where(active, variable + step, variable))
 
     def get_config(self):
         config = super().get_config()
@@ -414,8 +422,7 @@ def search(space: Space, train_ds: tf.data.Dataset, val_ds: tf.data.Dataset, wor
         writer.flush()
     if not chief:
         tf.io.gfile.rmtree(os.path.join(workdir, ".tmp_worker", str(task_id)))
-    traces = {name: getattr(steps, name).experimental_get_tracing_count()
-              for name in ("warmup", "distill")}
+    traces = {"step": steps.step.experimental_get_tracing_count()}
     return SearchResult(space, supernet, board, matching, sampler, workdir, total, logs, traces)
 
 
@@ -455,8 +462,9 @@ class _StepFunctions:
         self.replicas = strategy.num_replicas_in_sync
         self.per_replica = config.batch_size // self.replicas
         jit = bool(config.jit_compile)
-        self.warmup = tf.function(lambda x, y, p: self._train(x, y, p, False), jit_compile=jit)
-        self.distill = tf.function(lambda x, y, p: self._train(x, y, p, True), jit_compile=jit)
+        # One traced step serves warm-up and distillation (a bool tensor picks, via tf.cond): the
+        # graph holds every branch of every layer, so each trace costs a lot of start-up time.
+        self.step = tf.function(self._train, jit_compile=jit)
         # The meta step runs eagerly: eager tf.switch_case runs only the taken branch, so its
         # second-order gradient covers the path's ops only. Traced, it differentiates twice
         # through every branch of every layer, which takes minutes to build even for tiny spaces;
@@ -470,28 +478,49 @@ class _StepFunctions:
         rid = tf.cast(ctx.replica_id_in_sync_group, tf.int32)
         return tensor[rid * size:(rid + 1) * size]
 
-    def _train(self, images, labels, path, distill: bool):
+    def warmup(self, images, labels, path):
+        return self.step(images, labels, path, tf.constant(False))
+
+    def distill(self, images, labels, path):
+        return self.step(images, labels, path, tf.constant(True))
+
+    def _train(self, images, labels, path, distill):
         cfg, net, board = self.config, self.supernet, self.board
         n = cfg.board_images
         global_batch = cfg.batch_size
+        num_classes = self.space.num_classes
 
         def replica_fn(images, labels):
             x = self._local(images, self.per_replica)
             y = tf.cast(self._local(labels, self.per_replica), tf.int32)
-            if distill:
-                ctx = tf.distribute.get_replica_context()
-                student_probs = matching_lib.student_board_probs(
-                    lambda t: net(t, path=path, training=True), board.images, board.size)
-                # identical on every replica already; the mean makes it bit-identical, so all
-                # replicas pick the same teacher
-                student_probs = ctx.all_reduce(tf.distribute.ReduceOp.MEAN, student_probs)
+            ctx = tf.distribute.get_replica_context()
+
+            def score():
+                return tf.cast(matching_lib.student_board_probs(
+                    lambda t: net(t, path=path, training=True), board.images, board.size),
+                    tf.float32)
+
+            student_probs = tf.cond(distill, score,
+                                    lambda: tf.zeros(board.probs.shape, tf.float32))
+            # identical on every replica already; the mean makes it bit-identical, so all
+            # replicas pick the same teacher (outside the cond: a collective must not be skipped)
+            student_probs = ctx.all_reduce(tf.distribute.ReduceOp.MEAN, student_probs)
+
+            def teach():
                 index, rho, _ = matching_lib.select_teacher(
                     cfg.teacher, student_probs, board.probs, board.size, self.matching)
                 teacher_path = tf.gather(tf.convert_to_tensor(board.paths), index)
-                teacher_logits = tf.stop_gradient(net(x, path=teacher_path, training=True))
-                rho = tf.stop_gradient(tf.cast(rho, tf.float32))
-            else:
-                index, rho, teacher_logits = tf.constant(-1, tf.int32), tf.constant(0.0), None
+                logits = net(x, path=teacher_path, training=True)
+                return (tf.cast(index, tf.int32), tf.cast(rho, tf.float32),
+                        tf.cast(logits, tf.float32))
+
+            def no_teacher():  # rho = 0 makes the loss exactly the warm-up CE
+                return (tf.constant(-1, tf.int32), tf.constant(0.0),
+                        tf.zeros([tf.shape(x)[0], num_classes], tf.float32))
+
+            index, rho, teacher_logits = tf.cond(distill, teach, no_teacher)
+            teacher_logits = tf.stop_gradient(teacher_logits)
+            rho = tf.stop_gradient(rho)
             with tf.GradientTape() as tape:
                 logits = net(x, path=path, training=True)
                 loss = matching_lib.cream_loss(y, logits, teacher_logits, rho,

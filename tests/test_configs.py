@@ -1,6 +1,7 @@
 """The flag files in configs/: known flags only, valid spaces, reachable FLOPs ranges."""
 import glob
 import os
+import sys
 
 import pytest
 
@@ -8,14 +9,10 @@ from cream_tf import flops
 from cream_tf.space import Space
 
 CONFIGS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "configs", "*.flags")))
-FLAGS = {
-    "mode", "workdir", "dataset", "data_dir", "space", "layout", "depth", "resolution", "width",
-    "num_classes", "seed", "strategy", "batch_size", "search_epochs", "steps_per_epoch", "lr",
-    "weight_decay", "warmup_epochs", "board_size", "board_images", "board_gap", "teacher",
-    "meta_interval", "meta_lr", "flops_min", "flops_max", "prior", "select_bn_batches",
-    "retrain_epochs", "retrain_batch_size", "retrain_lr", "retrain_dropout", "ema_decay",
-    "export_dir", "model_name",
-}
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import run  # noqa: E402  (run.py defines the flags; the configs may use only those)
+
+FLAGS = set(run.OUR_FLAGS)
 NUM_CLASSES = {"digits": 10, "tfds:cifar10": 10, "tfds:imagenet2012": 1000}
 
 

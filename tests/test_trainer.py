@@ -93,7 +93,7 @@ def test_off_path_ops_stay_bit_identical_and_one_trace_serves_all_paths():
     for p in paths:
         out = steps.warmup(x, y, tf.constant(p, tf.int32))
         assert np.isfinite(out["loss"].numpy())
-    assert steps.warmup.experimental_get_tracing_count() == 1
+    assert steps.step.experimental_get_tracing_count() == 1
     for i, v in frozen:
         np.testing.assert_array_equal(v.numpy(), before[i][0], err_msg=v.path)
         np.testing.assert_array_equal(opt.momentums[i].numpy(), before[i][1], err_msg=v.path)
@@ -178,7 +178,7 @@ def test_search_on_digits_finds_paths_better_than_random(tmp_path):
     train_ds, val_ds = _datasets(train, held_out)
     result = trainer.search(space, train_ds, val_ds, str(tmp_path), config, strategy=_mirrored())
     # one trace per step function, over hundreds of different paths
-    assert result.traces == {"warmup": 1, "distill": 1}
+    assert result.traces == {"step": 1}
     assert int(result.board.size.numpy()) == config.board_size
     for name in ("board.json", "search.json"):
         assert os.path.exists(tmp_path / name)
