@@ -420,8 +420,8 @@ def search(space: Space, train_ds: tf.data.Dataset, val_ds: tf.data.Dataset, wor
             callback(step, logs)
     if writer is not None:
         writer.flush()
-    if not chief:
-        tf.io.gfile.rmtree(os.path.join(workdir, ".tmp_worker", str(task_id)))
+    if not chief and tf.io.gfile.exists(ckpt_dir):
+        tf.io.gfile.rmtree(ckpt_dir)
     traces = {"step": steps.step.experimental_get_tracing_count()}
     return SearchResult(space, supernet, board, matching, sampler, workdir, total, logs, traces)
 
