@@ -1,19 +1,28 @@
-"""cream_tf: Cream of the Crop (distilling prioritized paths) one-shot NAS in TensorFlow/Keras."""
-import importlib
+"""cream_tf: Cream of the Crop (distilling prioritized paths) one-shot NAS in TensorFlow/Keras.
 
-from cream_tf import arch, blocks, child, flops, space, zoo
-from cream_tf.arch import Arch, ArchError
-from cream_tf.space import Space
+Submodules load on first use (`cream_tf.zoo.build(...)` imports `cream_tf.zoo` then), so the
+command line can reject a bad flag before TensorFlow starts, and keras-tuner, TFDS or torch are
+only imported by the parts that need them.
+"""
+import importlib
 
 __version__ = "0.1.0"
 
-# Heavier or optional parts load on first use: `cream_tf.trainer` works without importing
-# keras-tuner, TFDS or torch up front.
-_LAZY = ("board", "cli", "data", "export", "job", "matching", "plots", "retrain", "sampler",
-         "select", "supernet", "torch_weights", "trainer", "tuner")
+_MODULES = ("arch", "blocks", "board", "child", "cli", "data", "export", "flops", "job",
+            "matching", "plots", "retrain", "sampler", "select", "space", "supernet",
+            "torch_weights", "trainer", "tuner", "zoo")
+_NAMES = {"Arch": "arch", "ArchError": "arch", "Space": "space"}
+
+__all__ = list(_MODULES) + list(_NAMES)
 
 
 def __getattr__(name):
-    if name in _LAZY:
+    if name in _MODULES:
         return importlib.import_module(f"cream_tf.{name}")
+    if name in _NAMES:
+        return getattr(importlib.import_module(f"cream_tf.{_NAMES[name]}"), name)
     raise AttributeError(f"module 'cream_tf' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)
