@@ -461,7 +461,8 @@ def search(space: Space, train_ds: tf.data.Dataset, val_ds: tf.data.Dataset, wor
                             _scalar("search/board_best", float(board.scores.numpy()[0]), step + 1)
                 progbar.update(step + 1, [("loss", logs["loss"]), ("accuracy", accuracy),
                                           ("rho", logs["rho"]), ("board", logs["board_size"])])
-                if (step + 1) % config.checkpoint_interval == 0 or step + 1 == total:
+                # no periodic checkpoint inside a run of bad steps: the last one stays good
+                if ((step + 1) % config.checkpoint_interval == 0 and finite) or step + 1 == total:
                     manager.save(checkpoint_number=step + 1)
                     saved_at = step + 1
                 if callback is not None:
