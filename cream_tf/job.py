@@ -285,8 +285,25 @@ class Job:
             epochs=self.s.retrain_epochs, batch_size=self.s.retrain_batch_size, lr=lr,
             dropout=self.s.retrain_dropout, ema_decay=self.s.ema_decay, seed=self.s.seed)
         _announce(f"retrain: {arch.to_paper()} for {config.epochs} epochs")
-        result = retrain_lib.retrain(arch, space, splits, info, self.retrain_dir, config,
-                                     self.strategy)
+        workdir, scratch = self.retrain_dir, None
+        if not _is_chief(self.strategy):
+            # Workers train in lockstep with the chief but write to a throw-away copy of its
+            # folder (so they resume from the same epoch), removed afterwards.
+            import shutil
+            import tempfile
+
+            scratch = tempfile.mkdtemp(prefix="cream_tf_retrain_worker_")
+            workdir = os.path.join(scratch, "retrain")
+            if os.path.isdir(self.retrain_dir):
+                shutil.copytree(self.retrain_dir, workdir)
+        try:
+            result = retrain_lib.retrain(arch, space, splits, info, workdir, config,
+                                         self.strategy)
+        finally:
+            if scratch:
+                import shutil
+
+                shutil.rmtree(scratch, ignore_errors=True)
         summary = {"architecture": arch.to_paper(), "val_accuracy": result.val_accuracy,
                    "test_accuracy": result.test_accuracy, "final": result.final_path,
                    "best": result.best_path}
@@ -457,6 +474,8 @@ def run(flag_values):
             job.retrain()
     report = None
     report_path = os.path.join(job.export_dir, "export_report.json")
+    if not _is_chief(strategy):  # exports, plots and the summary are the chief's alone
+        return None
     if settings.mode in ("export", "all"):
         if settings.mode == "export" or not os.path.exists(report_path):
             report = job.export()
