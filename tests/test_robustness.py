@@ -159,10 +159,30 @@ def test_non_finite_board_never_leaves_the_student_without_a_teacher(poison):
 
 # -- corrupted checkpoints ---------------------------------------------------------------------
 
+CORRUPT_CONFIG = dict(steps_per_epoch=20, max_bad_steps=3)
+
+
 @pytest.fixture(scope="module")
-def checkpointed(nan_run):
-    """A real search workdir whose newest checkpoint is ckpt-8 (the one verified on resume)."""
-    return nan_run.workdir
+def checkpointed(tmp_path_factory):
+    """A search workdir (search.json of this search) whose newest checkpoint, ckpt-8, holds
+    kernels, slots and a data iterator; it is what a resumed search verifies first."""
+    workdir = str(tmp_path_factory.mktemp("ckpt") / "w")
+    config = _config(**CORRUPT_CONFIG)
+    trainer.write_atomic(os.path.join(workdir, "search.json"), json.dumps(
+        {"signature": trainer._signature(SPACE, config), "config": config.to_dict()}))
+    rng = np.random.default_rng(0)
+    model = tf.keras.Sequential([tf.keras.Input((16,)), tf.keras.layers.Dense(32),
+                                 tf.keras.layers.Dense(10)])
+    optimizer = tf.keras.optimizers.SGD(0.1, momentum=0.9)
+    optimizer.build(model.trainable_variables)
+    data = iter(tf.data.Dataset.from_tensor_slices(rng.normal(size=(64, 16))).shuffle(64, seed=1))
+    next(data)
+    checkpoint = tf.train.Checkpoint(supernet=model, optimizer=optimizer, train_data=data,
+                                     step=tf.Variable(8, dtype=tf.int64))
+    manager = tf.train.CheckpointManager(checkpoint, os.path.join(workdir, "checkpoints"), 3)
+    manager.save(checkpoint_number=4)
+    manager.save(checkpoint_number=8)
+    return workdir
 
 
 @PROPS
@@ -187,10 +207,10 @@ def test_corrupted_checkpoint_is_a_clear_error_and_nothing_changes(checkpointed,
         before = listing(workdir)
         x, y = _arrays()
         with pytest.raises(ValueError) as info:
-            trainer.search(SPACE, *_datasets(x, y), workdir,
-                           _config(steps_per_epoch=20, max_bad_steps=3))
+            trainer.search(SPACE, *_datasets(x, y), workdir, _config(**CORRUPT_CONFIG))
         message = str(info.value)
-        assert prefix in message and ("delete" in message or "new workdir" in message), message
+        assert f"checkpoint {prefix} " in message and "cannot be read" in message, message
+        assert "truncated or corrupted; delete those files" in message
         assert listing(workdir) == before
     finally:
         shutil.rmtree(folder)
@@ -243,20 +263,26 @@ def test_resolution_below_the_networks_stride_is_refused(resolution):
         job.validate(_flags(resolution=resolution))
 
 
+GOOD_ARCH = "DS | {} | MB4 3x3 | MB4 3x3 | MB4 3x3 | MB4 3x3"
+
+
 @settings(max_examples=6, derandomize=True, deadline=None,
           suppress_health_check=list(HealthCheck))
-@given(op=st.sampled_from(["MB9 3x3", "MB4 9x9", "Conv5x5", "ResBlock", "XX"]))
+@given(op=st.sampled_from(["MB9 3x3", "MB4 9x9", "Conv5x5", "Res 3x3", "Conv 3x3", "XX"]))
 def test_unknown_op_in_arch_is_refused_and_nothing_is_written(op):
+    from cream_tf import arch as arch_lib
     from cream_tf import job
 
+    arch_lib.parse(GOOD_ARCH.format("MB6 5x5"), SPACE)  # the rest of the string is valid
     folder = tempfile.mkdtemp(prefix="arch_")
     try:
         workdir = os.path.join(folder, "w")
-        flag_values = _flags(mode="retrain", workdir=workdir,
-                             arch=f"DS | {op} | MB4 3x3 | MB4 3x3 | MB4 3x3 | MB4 3x3 | MB4 3x3")
+        flag_values = _flags(mode="retrain", workdir=workdir, arch=GOOD_ARCH.format(op))
         before = listing(folder)
-        with pytest.raises(cli.UsageError, match="--arch: "):
+        with pytest.raises(cli.UsageError, match="--arch: ") as info:
             job.run(flag_values)
+        assert f"bad token {op!r} in stage 1" in str(info.value)
+        assert "expected one of MB4 3x3" in str(info.value)
         assert listing(folder) == before
     finally:
         shutil.rmtree(folder)
@@ -339,8 +365,8 @@ def test_kill_9_then_rerun_ends_like_an_uninterrupted_run(tmp_path, uninterrupte
 @pytest.mark.slow
 def test_retrain_sigterm_then_kill_9_resume_and_finish(tmp_path):
     workdir = str(tmp_path / "w")
-    extra = ["--mode=retrain", "--arch=DS | MB4 3x3 | MB4 3x3 | MB4 3x3 | MB4 3x3 | MB4 3x3 | "
-             "MB4 3x3", "--retrain_epochs=3", "--retrain_batch_size=8", "--ema_decay=0.9"]
+    extra = ["--mode=retrain", "--arch=" + GOOD_ARCH.format("MB4 3x3"), "--retrain_epochs=3",
+             "--retrain_batch_size=8", "--ema_decay=0.9"]
 
     def retrain(at_step=0, signum=0):
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT)
