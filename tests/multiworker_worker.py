@@ -1,8 +1,8 @@
 """Test helper: one worker of a 2-process MultiWorkerMirroredStrategy search (TF_CONFIG set by
 the caller). Usage: python tests/multiworker_worker.py WORKDIR DEBUG_JSON
 
-Writes DEBUG_JSON (the only per-worker output): a checksum of the supernet's variables, the
-board, and a checksum of the first training batches this process's input pipeline yields."""
+Writes DEBUG_JSON (the only per-worker output): a checksum of the supernet's trainable variables
+and the matching network (every local replica copy), one of the BN statistics, the board, and a checksum of the first training batches this process's input pipeline yields."""
 import hashlib
 import json
 import os
@@ -32,12 +32,21 @@ def main():
     for images, labels in train.batch(8).take(4):
         stream.update(images.numpy().tobytes() + labels.numpy().tobytes())
     result = trainer.search(space, train, val, workdir, config, strategy)
-    weights = hashlib.sha256()
-    for v in result.supernet.weights + result.matching.weights:
-        for copy in strategy.experimental_local_results(v.value):
-            weights.update(np.ascontiguousarray(copy.numpy()).tobytes())
+
+    def digest(variables):
+        h = hashlib.sha256()
+        for v in variables:
+            for copy in strategy.experimental_local_results(getattr(v, "value", v)):
+                h.update(np.ascontiguousarray(copy.numpy()).tobytes())
+        return h.hexdigest()
+
+    # BN moving statistics are per replica under Mirrored strategies (KERAS3_NOTES 0.4): kept
+    # apart, reported but not required to match
+    trained = result.supernet.trainable_variables + result.matching.weights
     with open(debug, "w") as f:
-        json.dump({"weights": weights.hexdigest(), "board": result.board.to_json(space),
+        json.dump({"weights": digest(trained),
+                   "bn_statistics": digest(result.supernet.non_trainable_variables),
+                   "board": result.board.to_json(space),
                    "stream": stream.hexdigest(),
                    "replicas": strategy.num_replicas_in_sync}, f)
 

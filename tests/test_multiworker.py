@@ -55,7 +55,7 @@ def test_two_workers_agree_and_only_the_chief_writes(tmp_path):
             results.append(json.load(f))
     assert results[0]["replicas"] == 2
     assert results[0]["stream"] == results[1]["stream"]  # same seed -> same global batches
-    assert results[0]["weights"] == results[1]["weights"]
+    assert results[0]["weights"] == results[1]["weights"]  # trainable + matching network
     assert results[0]["board"] == results[1]["board"]
     assert json.loads(results[0]["board"])  # the board holds paths
     chief_files = set(os.listdir(workdirs[0]))
