@@ -10,6 +10,7 @@ and rerunning after a crash resumes.
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out
@@ -65,6 +66,9 @@ _MIXED_PRECISION = flags.DEFINE_enum("mixed_precision", "none",
 _JIT_COMPILE = flags.DEFINE_bool("jit_compile", False, "XLA for single-device GPU/TPU runs.")
 _CHECKPOINT_EVERY = flags.DEFINE_integer("checkpoint_every", 100, "Search steps between "
                                          "checkpoints.")
+_MAX_BAD_STEPS = flags.DEFINE_integer("max_bad_steps", 20, "Stop the search after this many "
+                                      "steps in a row with a non-finite loss or gradient (each "
+                                      "is skipped).")
 # select
 _SELECT_BN_BATCHES = flags.DEFINE_integer("select_bn_batches", 20, "Training batches that "
                                           "re-estimate BN statistics per board path.")
@@ -99,11 +103,19 @@ def main(argv):
     if not flags.FLAGS["verbosity"].present:  # -v / --verbosity=0 bring TF's INFO logs back
         logging.set_verbosity(logging.WARNING)
     from cream_tf import job  # heavy imports (TensorFlow) only after the flags are good
+    from cream_tf import safety
 
     try:
         job.run(flags.FLAGS)
     except cli.UsageError as e:
         cli.fail(str(e))
+    except safety.Interrupted as e:  # a checkpoint was written: say how to resume, exit 128+sig
+        print(f"run.py: {e}: {' '.join(shlex.quote(a) for a in [sys.executable] + sys.argv)}",
+              file=sys.stderr, flush=True)
+        sys.exit(e.exit_code)
+    except safety.TooManyBadSteps as e:
+        print(f"run.py: error: {e}", file=sys.stderr, flush=True)
+        sys.exit(1)
 
 
 def _parse(argv):

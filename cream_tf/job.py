@@ -56,7 +56,7 @@ def validate(flag_values) -> Settings:
     values["depth"] = depth[0] if len(depth) == 1 else depth
     _positive(values, ["batch_size", "board_size", "board_images", "meta_interval",
                        "select_bn_batches", "retrain_batch_size", "resolution", "width",
-                       "checkpoint_every", "tune_trials", "tune_epochs"])
+                       "checkpoint_every", "tune_trials", "tune_epochs", "max_bad_steps"])
     _positive(values, ["search_epochs", "warmup_epochs", "steps_per_epoch", "lr", "meta_lr",
                        "weight_decay", "board_gap", "flops_min", "flops_max", "retrain_epochs",
                        "retrain_lr", "num_classes", "val_fraction"],
@@ -179,7 +179,8 @@ class Job:
                 board_images=self.s.board_images, board_gap=self.s.board_gap,
                 teacher=self.s.teacher, meta_interval=self.s.meta_interval,
                 meta_lr=self.s.meta_lr, seed=self.s.seed,
-                checkpoint_interval=self.s.checkpoint_every, jit_compile=self.s.jit_compile)
+                checkpoint_interval=self.s.checkpoint_every, jit_compile=self.s.jit_compile,
+                max_bad_steps=self.s.max_bad_steps)
         except ValueError as e:
             raise cli.UsageError(str(e)) from None
 
@@ -204,10 +205,17 @@ class Job:
         history_path = os.path.join(self.search_dir, "board_history.json")
         history = cli.read_json(history_path) if os.path.exists(history_path) else []
         board_json = os.path.join(self.search_dir, "board.json")
+        chief = _is_chief(self.strategy)
+        first = []
 
         def record(step, logs):  # the trainer has just rewritten board.json when it changed
+            if not first:  # resumed at `step`: drop what a killed run recorded after its checkpoint
+                first.append(step)
+                history[:] = [h for h in history if h["step"] <= step]
             if logs.get("board_changed"):
                 history.append({"step": step + 1, "entries": cli.read_json(board_json)})
+                if chief:  # written with the board, so a kill -9 loses no history
+                    cli.write_json(history_path, history)
 
         _announce(f"search: {space} on {info.spec}, {config.total_steps} steps of "
                   f"{config.batch_size} images")
@@ -217,7 +225,7 @@ class Job:
         except ValueError as e:
             raise cli.UsageError(str(e)) from None
         finally:
-            if history and _is_chief(self.strategy):
+            if history and chief:
                 cli.write_json(history_path, history)
         self._search_result = result
         return result
@@ -277,8 +285,25 @@ class Job:
             epochs=self.s.retrain_epochs, batch_size=self.s.retrain_batch_size, lr=lr,
             dropout=self.s.retrain_dropout, ema_decay=self.s.ema_decay, seed=self.s.seed)
         _announce(f"retrain: {arch.to_paper()} for {config.epochs} epochs")
-        result = retrain_lib.retrain(arch, space, splits, info, self.retrain_dir, config,
-                                     self.strategy)
+        workdir, scratch = self.retrain_dir, None
+        if not _is_chief(self.strategy):
+            # Workers train in lockstep with the chief but write to a throw-away copy of its
+            # folder (so they resume from the same epoch), removed afterwards.
+            import shutil
+            import tempfile
+
+            scratch = tempfile.mkdtemp(prefix="cream_tf_retrain_worker_")
+            workdir = os.path.join(scratch, "retrain")
+            if os.path.isdir(self.retrain_dir):
+                shutil.copytree(self.retrain_dir, workdir)
+        try:
+            result = retrain_lib.retrain(arch, space, splits, info, workdir, config,
+                                         self.strategy)
+        finally:
+            if scratch:
+                import shutil
+
+                shutil.rmtree(scratch, ignore_errors=True)
         summary = {"architecture": arch.to_paper(), "val_accuracy": result.val_accuracy,
                    "test_accuracy": result.test_accuracy, "final": result.final_path,
                    "best": result.best_path}
@@ -432,10 +457,17 @@ def run(flag_values):
         return profile(settings)
     config_path = check_workdir(settings)
     job = Job(settings)
+    # before any other TensorFlow op: multi-worker collectives are configured at start-up
+    strategy = job.strategy
+    if settings.deterministic:
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
     job.data()  # a bad dataset fails here, before anything is written
     if settings.arch:
         job.architecture()
-    _write_config(settings, config_path)
+    if _is_chief(strategy):
+        _write_config(settings, config_path)
     started = time.time()
     if settings.mode == "tune":
         return job.tune()
@@ -450,6 +482,8 @@ def run(flag_values):
             job.retrain()
     report = None
     report_path = os.path.join(job.export_dir, "export_report.json")
+    if not _is_chief(strategy):  # exports, plots and the summary are the chief's alone
+        return None
     if settings.mode in ("export", "all"):
         if settings.mode == "export" or not os.path.exists(report_path):
             report = job.export()

@@ -33,11 +33,12 @@ from keras import ops
 
 from cream_tf import child
 from cream_tf import data as data_lib
+from cream_tf import safety
 from cream_tf.space import Space
 
 __all__ = ["RetrainConfig", "RetrainResult", "RMSpropTF", "BestModelCheckpoint", "retrain",
            "learning_rate_schedule", "save_model_atomic", "sync_replica_statistics",
-           "SyncReplicaStatistics", "EmaBatchNormStatistics"]
+           "SyncReplicaStatistics", "EmaBatchNormStatistics", "AtomicBackupAndRestore"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -369,6 +370,51 @@ class EmaBatchNormStatistics(keras.callbacks.Callback):
         self._swap_in()
 
 
+class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """`BackupAndRestore` whose files are written whole or not at all (temp name + os.replace),
+    and which saves and raises `safety.Interrupted` when SIGINT/SIGTERM arrived (checked after
+    every batch; see `safety.catch_signals`). A run stopped mid-epoch resumes at the start of that
+    epoch from the weights it had when stopped (Keras resumes per epoch)."""
+
+    def _save_model(self):
+        os.makedirs(self.backup_dir, exist_ok=True)
+        if self.double_checkpoint and os.path.exists(self._weights_path):
+            _copy_atomic(self._weights_path, self._prev_weights_path)
+        if self.double_checkpoint and os.path.exists(self._training_metadata_path):
+            _copy_atomic(self._training_metadata_path, self._prev_training_metadata_path)
+        tmp = os.path.join(self.backup_dir, f".tmp{os.getpid()}.weights.h5")
+        try:
+            self.model.save_weights(tmp, overwrite=True)
+            os.replace(tmp, self._weights_path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        _atomic_write_text(self._training_metadata_path, json.dumps(
+            {"epoch": self._current_epoch, "batch": self._last_batch_seen}))
+
+    def on_train_batch_end(self, batch, logs=None):
+        super().on_train_batch_end(batch, logs)
+        signum = safety.requested()
+        if signum is not None:
+            self._save_model()
+            raise safety.Interrupted(
+                signum, f"retraining interrupted by {safety.signal_name(signum)} in epoch "
+                        f"{self._current_epoch + 1}; backup {self.backup_dir} written. Run the "
+                        f"same command again to resume (from the start of that epoch)")
+
+
+def _copy_atomic(src: str, dst: str):
+    import shutil
+
+    tmp = os.path.join(os.path.dirname(dst), f".{os.path.basename(dst)}.tmp{os.getpid()}")
+    try:
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 class _HistoryLog(keras.callbacks.Callback):
     """Per-epoch logs in a JSON file that survives restarts (fit's History does not)."""
 
@@ -497,15 +543,16 @@ def retrain(architecture, space: Space, splits: data_lib.Splits, info: data_lib.
     # Order matters: the backup is written before the EMA swap (raw weights + EMA in the
     # optimizer), the checkpoint after it (EMA weights in the model).
     cbs = [SyncReplicaStatistics(strategy),
-           keras.callbacks.BackupAndRestore(backup_dir, double_checkpoint=True)]
+           AtomicBackupAndRestore(backup_dir, double_checkpoint=True)]
     if config.ema_decay:
         cbs.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
         if config.ema_batch_norm:
             cbs.append(EmaBatchNormStatistics(config.ema_decay, every=max(1, steps // 50)))
     cbs += [checkpoint, history, *callbacks]
 
-    model.fit(train_ds, epochs=config.epochs, steps_per_epoch=steps, validation_data=val_ds,
-              callbacks=cbs, verbose=config.verbose)
+    with safety.catch_signals():
+        model.fit(train_ds, epochs=config.epochs, steps_per_epoch=steps, validation_data=val_ds,
+                  callbacks=cbs, verbose=config.verbose)
     # fit ends with optimizer.finalize_variable_values: the model now holds the EMA weights.
     sync_replica_statistics(model, strategy)
     save_model_atomic(model, final_path)

@@ -27,6 +27,7 @@ import tensorflow as tf
 from tensorflow.core.framework import summary_pb2
 
 from cream_tf import matching as matching_lib
+from cream_tf import safety
 from cream_tf.board import Board
 from cream_tf.sampler import Sampler
 from cream_tf.space import Space
@@ -59,6 +60,23 @@ class LinearDecay(keras.optimizers.schedules.LearningRateSchedule):
 
     def get_config(self):
         return {"base": self.base, "total_steps": self.total_steps}
+
+
+def step_is_finite(loss, grads):
+    """True on every replica iff loss and gradients are finite on all of them (replica context).
+
+    Tests the global norm (one reduction), all-reduced so every replica decides the same way.
+    """
+    norm = tf.linalg.global_norm([g for g in grads if g is not None])
+    bad = tf.cast(tf.logical_not(tf.math.is_finite(loss) & tf.math.is_finite(norm)), tf.float32)
+    bad = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, bad)
+    return tf.equal(bad, 0.0)
+
+
+def poison_gradients(grads, finite):
+    """Every gradient NaN unless `finite`: `PathSGD` then skips every variable of the step."""
+    offset = tf.where(finite, 0.0, float("nan"))
+    return [None if g is None else g + tf.cast(offset, g.dtype) for g in grads]
 
 
 class PathSGD(keras.optimizers.SGD):
@@ -113,13 +131,15 @@ class PathSGD(keras.optimizers.SGD):
         if self.l2 and self._decayed[index]:
             gradient = gradient + tf.cast(self.l2, gradient.dtype) * tf.cast(variable,
                                                                              gradient.dtype)
-        if layer < 0 or not self.freeze_inactive:
-            return super().update_step(gradient, variable, learning_rate)
-        # Keras SGD's arithmetic, then a select on the path: no tf.cond per variable (hundreds of
-        # conds made tracing the step take minutes), and an inactive variable and its momentum
-        # are written back bit-identical.
-        path = self.path.value if isinstance(self.path, keras.Variable) else self.path
-        active = tf.equal(path[layer], op)
+        # A step with a non-finite loss or gradient anywhere arrives with every gradient NaN
+        # (`poison_gradients`), so this per-variable test is the step's global decision.
+        active = tf.reduce_all(tf.math.is_finite(gradient))
+        if layer >= 0 and self.freeze_inactive:
+            path = self.path.value if isinstance(self.path, keras.Variable) else self.path
+            active = tf.logical_and(active, tf.equal(path[layer], op))
+        # Keras SGD's arithmetic, then a select: no tf.cond per variable (hundreds of conds made
+        # tracing the step take minutes), and a skipped variable and its momentum are written
+        # back bit-identical.
         lr = tf.cast(learning_rate, variable.dtype)
         gradient = tf.cast(gradient, variable.dtype)
         if self.momentum == 0:
@@ -174,11 +194,12 @@ class SearchConfig:
     log_interval: int = 10             # TensorBoard scalars every this many steps
     verbose: int = 1                   # 0 silent, 1 progress bar
     jit_compile: bool = False          # XLA for the step; single-device only
+    max_bad_steps: int = 20            # stop after this many non-finite steps in a row
 
     def __post_init__(self):
         ints = ("epochs", "steps_per_epoch", "batch_size", "board_size", "board_images",
                 "meta_interval", "meta_slice", "checkpoint_interval", "keep_checkpoints",
-                "log_interval")
+                "log_interval", "max_bad_steps")
         for name in ints:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
@@ -331,7 +352,6 @@ def search(space: Space, train_ds: tf.data.Dataset, val_ds: tf.data.Dataset, wor
         raise ValueError("jit_compile=True only works on a single device (XLA cannot compile a "
                          "step that applies gradients under a multi-replica strategy)")
     chief, task_id = _worker_info(strategy)
-    os.makedirs(workdir, exist_ok=True)
 
     signature = _signature(space, config)
     sig_path = os.path.join(workdir, "search.json")
@@ -343,9 +363,16 @@ def search(space: Space, train_ds: tf.data.Dataset, val_ds: tf.data.Dataset, wor
         if diff:
             raise ValueError(f"workdir {workdir!r} holds a different search (differs in "
                              f"{', '.join(diff)}); use a new workdir or the same settings")
-    if chief:
-        write_atomic(sig_path, json.dumps({"signature": signature, "config": config.to_dict()},
-                                          indent=2, default=str))
+    # Read (and check) the checkpoint before anything is built or written: a corrupted one
+    # leaves the workdir exactly as it was.
+    try:
+        latest = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
+    except (tf.errors.OpError, ValueError) as e:
+        raise safety.CheckpointError(
+            f"{os.path.join(workdir, 'checkpoints', 'checkpoint')} cannot be read ({e}); delete it "
+            f"to resume from the newest checkpoint files, or use a new workdir") from None
+    if latest:
+        safety.verify_checkpoint(latest)
 
     sampler = Sampler(space, config.prior, config.skip_prob, config.macs_range, config.seed)
     state = _SearchState(space, config, strategy)
@@ -360,17 +387,21 @@ def search(space: Space, train_ds: tf.data.Dataset, val_ds: tf.data.Dataset, wor
                                      matching=matching, meta_optimizer=meta_optimizer,
                                      step=step_var, train_data=train_iter, val_data=val_iter)
     ckpt_dir = os.path.join(workdir, "checkpoints")
-    if not chief:  # every worker saves (collectives); only the chief's copy is kept
-        ckpt_dir = os.path.join(workdir, ".tmp_worker", str(task_id))
+    if not chief:  # every worker saves (collectives); only the chief's copy is kept, outside
+        ckpt_dir = tempfile.mkdtemp(prefix=f"cream_tf_worker{task_id}_")  # the workdir
     manager = tf.train.CheckpointManager(checkpoint, ckpt_dir, config.keep_checkpoints)
-    latest = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
     if latest:
         try:
             checkpoint.restore(latest).assert_existing_objects_matched()
         except (AssertionError, ValueError, tf.errors.OpError) as e:
-            raise ValueError(f"cannot resume from {latest}: it does not match this search "
-                             f"({e})") from None
+            raise safety.CheckpointError(
+                f"cannot resume from {latest}: it does not match this search ({e}); use a new "
+                f"workdir") from None
         _log.info("resumed from %s at step %d", latest, int(step_var.numpy()))
+    if chief:
+        os.makedirs(workdir, exist_ok=True)
+        write_atomic(sig_path, json.dumps({"signature": signature, "config": config.to_dict()},
+                                          indent=2, default=str))
 
     steps = _StepFunctions(state)
     writer = tf.summary.create_file_writer(os.path.join(workdir, "logs")) if chief else None
@@ -385,45 +416,97 @@ def search(space: Space, train_ds: tf.data.Dataset, val_ds: tf.data.Dataset, wor
     if start and progbar.verbose:
         progbar.update(start)
     logs = {}
-    for step in range(start, total):
-        path_np = sampler.sample(step)
-        path = tf.constant(path_np, tf.int32)
-        images, labels = next(train_iter)
-        distill = step >= config.warmup_steps and int(board.size.numpy()) > 0
-        if (distill and config.teacher == "meta" and step % config.meta_interval == 0):
-            val_images, val_labels = next(val_iter)
-            steps.meta(images, labels, val_images, val_labels, path)
-        out = (steps.distill if distill else steps.warmup)(images, labels, path)
-        accuracy = 100.0 * float(out["correct"].numpy()) / config.batch_size
-        macs = sampler.path_macs(path_np)
-        changed = board.update(path_np, accuracy, macs, out["images"].numpy(),
-                               out["probs"].numpy())
-        step_var.assign(step + 1)
-        logs = {"loss": float(out["loss"].numpy()), "accuracy": accuracy,
-                "rho": float(out["rho"].numpy()), "teacher": int(out["teacher"].numpy()),
-                "board_size": int(board.size.numpy()), "macs": macs,
-                "lr": float(schedule(step).numpy()), "path": path_np.tolist(),
-                "board_changed": bool(changed)}
-        if chief and changed:
-            write_atomic(board_json, board.to_json(space))
-        if writer is not None and ((step + 1) % config.log_interval == 0 or step + 1 == total):
-            with writer.as_default(step=step + 1):
-                for key in ("loss", "accuracy", "rho", "board_size", "macs", "lr"):
-                    _scalar(f"search/{key}", logs[key], step + 1)
-                if logs["board_size"]:
-                    _scalar("search/board_best", float(board.scores.numpy()[0]), step + 1)
-        progbar.update(step + 1, [("loss", logs["loss"]), ("accuracy", accuracy),
-                                  ("rho", logs["rho"]), ("board", logs["board_size"])])
-        if (step + 1) % config.checkpoint_interval == 0 or step + 1 == total:
-            manager.save(checkpoint_number=step + 1)
-        if callback is not None:
-            callback(step, logs)
-    if writer is not None:
-        writer.flush()
-    if not chief and tf.io.gfile.exists(ckpt_dir):
-        tf.io.gfile.rmtree(ckpt_dir)
+    bad_in_row = bad_total = 0
+    saved_at = start
+    try:
+        with safety.catch_signals():
+            for step in range(start, total):
+                path_np = sampler.sample(step)
+                path = tf.constant(path_np, tf.int32)
+                images, labels = next(train_iter)
+                distill = step >= config.warmup_steps and int(board.size.numpy()) > 0
+                if (distill and config.teacher == "meta" and step % config.meta_interval == 0):
+                    val_images, val_labels = next(val_iter)
+                    if not steps.meta(images, labels, val_images, val_labels, path):
+                        _log.warning("step %d: non-finite meta-gradient; matching network not updated",
+                                     step + 1)
+                out = (steps.distill if distill else steps.warmup)(images, labels, path)
+                finite = bool(out["finite"].numpy())
+                accuracy = 100.0 * float(out["correct"].numpy()) / config.batch_size
+                macs = sampler.path_macs(path_np)
+                changed = False
+                if finite:
+                    bad_in_row = 0
+                    changed = board.update(path_np, accuracy, macs, out["images"].numpy(),
+                                           out["probs"].numpy())
+                else:  # the step changed nothing (weights, slots, BN statistics); the board neither
+                    bad_in_row += 1
+                    bad_total += 1
+                    _log.warning("step %d: non-finite loss or gradient on path %s; update skipped "
+                                 "(%d in a row, %d in all)", step + 1, path_np.tolist(), bad_in_row,
+                                 bad_total)
+                    if bad_in_row >= config.max_bad_steps:
+                        last = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
+                        raise safety.TooManyBadSteps(
+                            f"search stopped at step {step + 1}: {bad_in_row} steps in a row had a "
+                            f"non-finite loss or gradient (last path {path_np.tolist()}, workdir "
+                            f"{workdir}); last good checkpoint: {last or 'none yet'}. Check the data "
+                            f"for NaN/Inf or lower the learning rate, then rerun to resume from it")
+                step_var.assign(step + 1)
+                logs = {"loss": float(out["loss"].numpy()), "accuracy": accuracy,
+                        "rho": float(out["rho"].numpy()), "teacher": int(out["teacher"].numpy()),
+                        "board_size": int(board.size.numpy()), "macs": macs,
+                        "lr": float(schedule(step).numpy()), "path": path_np.tolist(),
+                        "board_changed": bool(changed), "finite": finite, "bad_steps": bad_total}
+                if chief and changed:
+                    write_atomic(board_json, board.to_json(space))
+                if writer is not None and ((step + 1) % config.log_interval == 0 or step + 1 == total):
+                    with writer.as_default(step=step + 1):
+                        for key in ("loss", "accuracy", "rho", "board_size", "macs", "lr"):
+                            _scalar(f"search/{key}", logs[key], step + 1)
+                        if logs["board_size"]:
+                            _scalar("search/board_best", float(board.scores.numpy()[0]), step + 1)
+                progbar.update(step + 1, [("loss", logs["loss"]), ("accuracy", accuracy),
+                                          ("rho", logs["rho"]), ("board", logs["board_size"])])
+                # no periodic checkpoint inside a run of bad steps: the last one stays good
+                if ((step + 1) % config.checkpoint_interval == 0 and finite) or step + 1 == total:
+                    manager.save(checkpoint_number=step + 1)
+                    saved_at = step + 1
+                if callback is not None:
+                    callback(step, logs)
+                signum = safety.requested()
+                if signum is not None:
+                    raise _interrupted(signum, step + 1, saved_at, manager, workdir, strategy)
+    finally:
+        if writer is not None:
+            writer.flush()
+        if not chief and tf.io.gfile.exists(ckpt_dir):
+            tf.io.gfile.rmtree(ckpt_dir)
     traces = {"step": steps.step.experimental_get_tracing_count()}
     return SearchResult(space, supernet, board, matching, sampler, workdir, total, logs, traces)
+
+
+def _interrupted(signum, step, saved_at, manager, workdir, strategy):
+    """Saves a checkpoint at `step` (single worker) and returns the `Interrupted` to raise."""
+    name = safety.signal_name(signum)
+    resolver = getattr(strategy, "cluster_resolver", None)
+    cluster = resolver.cluster_spec().as_dict() if resolver is not None else {}
+    multi_worker = len(cluster.get("worker", [])) + len(cluster.get("chief", [])) > 1
+    # Several workers: saving is collective and the others may not have the signal; keep the
+    # last periodic checkpoint instead of risking a hang.
+    if saved_at != step and not multi_worker:
+        manager.save(checkpoint_number=step)  # atomic: written under temp names, then renamed
+        saved_at = step
+    where = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
+    return safety.Interrupted(signum, f"search interrupted by {name} after step {step}; "
+                                      f"checkpoint {where or 'none'} (step {saved_at}). "
+                                      f"Run the same command again to resume")
+
+
+def _restore(variables, values):
+    for variable, value in zip(variables, values):
+        variable.assign(value)
+    return tf.constant(False)
 
 
 class _SearchState:
@@ -491,6 +574,8 @@ class _StepFunctions:
         num_classes = self.space.num_classes
 
         def replica_fn(images, labels):
+            stats = net.non_trainable_variables
+            saved = [tf.identity(v.value) for v in stats]
             x = self._local(images, self.per_replica)
             y = tf.cast(self._local(labels, self.per_replica), tf.int32)
             ctx = tf.distribute.get_replica_context()
@@ -527,16 +612,21 @@ class _StepFunctions:
                                                cfg.label_smoothing, global_batch)
             variables = net.trainable_variables
             grads = tape.gradient(loss, variables)
-            self.optimizer.apply(grads, variables)
+            finite = step_is_finite(loss, grads)
+            self.optimizer.apply(poison_gradients(grads, finite), variables)
+            # BN moving statistics moved in the forward passes: put them back on a bad step
+            tf.cond(finite, lambda: tf.constant(True), lambda: _restore(stats, saved))
             correct = tf.reduce_sum(tf.cast(
                 tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), y), tf.int32))
-            return loss, correct, x[:n], tf.nn.softmax(logits[:n]), rho, index
+            return (loss, correct, x[:n], tf.nn.softmax(logits[:n]), rho, index,
+                    tf.cast(finite, tf.int32))
 
         self.optimizer.set_path(path)
-        loss, correct, head, probs, rho, index = self.strategy.run(replica_fn,
-                                                                   args=(images, labels))
+        loss, correct, head, probs, rho, index, finite = self.strategy.run(
+            replica_fn, args=(images, labels))
         reduce = self.strategy.reduce
-        return {"loss": reduce("SUM", loss, axis=None),
+        return {"finite": self.strategy.experimental_local_results(finite)[0],
+                "loss": reduce("SUM", loss, axis=None),
                 "correct": reduce("SUM", correct, axis=None),
                 "images": self.strategy.gather(head, axis=0)[:n],
                 "probs": self.strategy.gather(probs, axis=0)[:n],
@@ -557,6 +647,11 @@ class _StepFunctions:
                 self.supernet, path, self.matching, board.images, board.probs, board.size,
                 x, y, vx, vy, lr, cfg.label_smoothing, m * self.replicas,
                 board_paths=board.paths)
-            self.meta_optimizer.apply(grads, self.matching.trainable_variables)
+            # eager: the all-reduced decision is the same Python bool on every replica
+            finite = bool(step_is_finite(tf.constant(0.0), grads).numpy())
+            if finite:
+                self.meta_optimizer.apply(grads, self.matching.trainable_variables)
+            return tf.constant(int(finite))
 
-        self.strategy.run(replica_fn, args=(images, labels, val_images, val_labels))
+        finite = self.strategy.run(replica_fn, args=(images, labels, val_images, val_labels))
+        return bool(self.strategy.experimental_local_results(finite)[0].numpy())
