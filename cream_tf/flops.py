@@ -73,10 +73,11 @@ def layer_macs(layer, in_shape: tuple, out_shape: tuple) -> int:
     return 0
 
 
-def _leaf_layers(model):
+def leaf_layers(model):
+    """The built-in layers of a model, nested functional models flattened."""
     for layer in model.layers:
         if isinstance(layer, keras.Model):
-            yield from _leaf_layers(layer)
+            yield from leaf_layers(layer)
         else:
             yield layer
 
@@ -120,7 +121,7 @@ class Profile:
 def profile(model) -> Profile:
     """MACs and trainable parameters of a built functional model, at batch 1, its own input size."""
     costs = []
-    for layer in _leaf_layers(model):
+    for layer in leaf_layers(model):
         if isinstance(layer, keras.layers.InputLayer):
             continue
         try:

@@ -21,9 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
-import tempfile
 from typing import Optional, Sequence
 
 import keras
@@ -31,6 +29,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from cream_tf.cli import atomic_write
 from cream_tf import child
 from cream_tf import data as data_lib
 from cream_tf import safety
@@ -199,19 +198,6 @@ def learning_rate_schedule(config: RetrainConfig, steps_per_epoch: int):
 # Callbacks and saving
 # ------------------------------------------------------------------------------------------
 
-def _atomic_write_text(path: str, text: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def save_model_atomic(model: keras.Model, path: str) -> str:
     """Saves a clean copy of `model` (architecture + current weights, no optimizer) as a .keras
     file: written under a temporary name in the same directory, then renamed over `path`."""
@@ -274,7 +260,7 @@ class BestModelCheckpoint(keras.callbacks.Callback):
         if self._better(value):
             save_model_atomic(self.model, self.path)
             self.best, self.best_epoch = value, epoch + 1
-            _atomic_write_text(self.meta_path, json.dumps(
+            atomic_write(self.meta_path, json.dumps(
                 {self.monitor: value, "epoch": epoch + 1}))
 
 
@@ -389,7 +375,7 @@ class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
         finally:
             if os.path.exists(tmp):
                 os.remove(tmp)
-        _atomic_write_text(self._training_metadata_path, json.dumps(
+        atomic_write(self._training_metadata_path, json.dumps(
             {"epoch": self._current_epoch, "batch": self._last_batch_seen}))
 
     def on_train_batch_end(self, batch, logs=None):
@@ -433,7 +419,7 @@ class _HistoryLog(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         entry = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}}
         self.epochs = [e for e in self.epochs if e["epoch"] != epoch + 1] + [entry]
-        _atomic_write_text(self.path, json.dumps(self.epochs, indent=1))
+        atomic_write(self.path, json.dumps(self.epochs, indent=1))
 
     def as_dict(self) -> dict:
         keys = sorted({k for e in self.epochs for k in e})
@@ -562,7 +548,7 @@ def retrain(architecture, space: Space, splits: data_lib.Splits, info: data_lib.
         test_ds = data_lib.eval_pipeline(splits.test, resolution, batch_size=eval_batch,
                                          crop_pct=info.eval_crop_pct, one_hot=info.num_classes)
         test_accuracy = float(model.evaluate(test_ds, verbose=0, return_dict=True)["accuracy"])
-    _atomic_write_text(result_path, json.dumps(
+    atomic_write(result_path, json.dumps(
         {"val_accuracy": val_accuracy, "test_accuracy": test_accuracy,
          "best_val_accuracy": checkpoint.best, "best_epoch": checkpoint.best_epoch,
          "epochs": config.epochs, "config": dataclasses.asdict(config)}, indent=1, default=str))

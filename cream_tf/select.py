@@ -69,7 +69,7 @@ def recalibrate_batch_norm(model: keras.Model, batches) -> int:
     so each pass leaves exactly that batch's moments in the moving variables, and averages them
     (mean of means, mean of variances). Returns the number of batches used.
     """
-    bns = [l for l in _leaves(model) if isinstance(l, keras.layers.BatchNormalization)]
+    bns = [l for l in flops.leaf_layers(model) if isinstance(l, keras.layers.BatchNormalization)]
     saved = [bn.momentum for bn in bns]
     sums = [[np.zeros(bn.moving_mean.shape), np.zeros(bn.moving_variance.shape)] for bn in bns]
     count = 0
@@ -92,14 +92,6 @@ def recalibrate_batch_norm(model: keras.Model, batches) -> int:
         bn.moving_mean.assign((s[0] / count).astype(np.float32))
         bn.moving_variance.assign((s[1] / count).astype(np.float32))
     return count
-
-
-def _leaves(model):
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            yield from _leaves(layer)
-        else:
-            yield layer
 
 
 def evaluate_path(space: Space, supernet: SuperNet, path, train_ds, val_ds, bn_batches: int,

@@ -28,6 +28,7 @@ from tensorflow.core.framework import summary_pb2
 
 from cream_tf import matching as matching_lib
 from cream_tf import safety
+from cream_tf.cli import atomic_write as write_atomic  # noqa: F401  (public name)
 from cream_tf.board import Board
 from cream_tf.sampler import Sampler
 from cream_tf.space import Space
@@ -260,23 +261,6 @@ _SCALAR_METADATA = summary_pb2.SummaryMetadata(
 
 def _scalar(tag: str, value, step: int):
     tf.summary.write(tag, tf.constant(value, tf.float32), step=step, metadata=_SCALAR_METADATA)
-
-
-def write_atomic(path: str, text: str):
-    """Writes `text` to `path` via a temp file in the same directory and os.replace."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp_" + os.path.basename(path))
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def _worker_info(strategy):

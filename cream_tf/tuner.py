@@ -22,7 +22,6 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 from typing import Mapping
 
 import keras
@@ -30,6 +29,7 @@ import keras_tuner as kt
 import numpy as np
 import tensorflow as tf
 
+from cream_tf.cli import write_json
 from cream_tf import arch as arch_lib
 from cream_tf import child
 from cream_tf import flops
@@ -596,23 +596,6 @@ def _trial_results(oracle, space: Space) -> list:
     return results
 
 
-def _write_json_atomic(path: str, data) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def _space_json(space: Space) -> dict:
     return {"name": space.name, "layout": space.layout, "depth": list(space.depth),
             "resolution": space.resolution, "width": space.width,
@@ -662,7 +645,7 @@ class CreamTuner(kt.Tuner):
             "best": result.best.to_json() if result.best else None,
             "trials": [dict(rank=i + 1, **r.to_json()) for i, r in enumerate(result.trials)],
         }
-        _write_json_atomic(self.results_path, data)
+        write_json(self.results_path, data)
         return result
 
 
@@ -767,7 +750,7 @@ def tune(space: Space, train_ds, val_ds, workdir: str, max_trials: int = 20,
                 f"{workdir} holds a tuning run with other settings ("
                 + "; ".join(f"{k}: {saved.get(k)!r} then, {config.get(k)!r} now" for k in changed)
                 + "); use the same settings to resume, another workdir, or overwrite=True")
-    _write_json_atomic(config_path, config)
+    write_json(config_path, config)
     results_path = os.path.join(workdir, RESULTS_FILE)
     if overwrite and os.path.exists(results_path):
         os.remove(results_path)  # a fresh run must not show the old run's results
