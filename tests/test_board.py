@@ -203,6 +203,13 @@ def test_accepts_tensors():
     assert_consistent(b)
 
 
+def test_scores_read_back_as_given():
+    b = make()
+    offer(b, 1, 71.3, 100)
+    assert b.entries()[0]["score"] == 71.3
+    assert np.float32(b.entries()[0]["score"]) == b.scores.numpy()[0]
+
+
 def test_stores_the_first_n_images_of_a_batch():
     b = make(capacity=2)
     batch = np.arange(5, dtype=np.float32)[:, None, None, None] * np.ones([5, *SHAPE], np.float32)
