@@ -142,7 +142,14 @@ class Board(tf.Module):
           images: at least n images [m, H, W, C]; the first n are stored.
           probs: the path's own softmax outputs on those images [m, num_classes]; first n stored.
         """
+        if not tf.executing_eagerly():
+            raise RuntimeError("Board.update runs on the host, eagerly (numpy inputs); call it "
+                               "outside tf.function / strategy.run")
         path = self._check_path(path)
+        if isinstance(macs, (tf.Tensor, tf.Variable)):
+            macs = macs.numpy()
+        if isinstance(macs, np.ndarray) and macs.ndim == 0:
+            macs = macs[()]
         if isinstance(macs, bool) or not isinstance(macs, (int, np.integer)) or macs < 0:
             raise ValueError(f"macs must be an int >= 0, got {macs!r}")
         macs = int(macs)
@@ -205,7 +212,8 @@ class Board(tf.Module):
         """The valid entries best first: [{"path": [ints], "score": float, "macs": int}, ...]."""
         size = int(self.size.numpy())
         paths, scores, macs = self.paths.numpy(), self.scores.numpy(), self.macs.numpy()
-        return [{"path": [int(i) for i in paths[j]], "score": float(scores[j]),
+        # float(str(float32)): the shortest decimal that round-trips, 71.3 rather than 71.30000305
+        return [{"path": [int(i) for i in paths[j]], "score": float(str(scores[j])),
                  "macs": int(macs[j])} for j in range(size)]
 
     def to_json(self, space) -> str:

@@ -225,6 +225,10 @@ def meta_gradients(model, path, matching, board_images, board_probs, board_size,
     All forwards use `model.stateless_call(trainable, non_trainable, x, path=..., training=...)`:
     the model's variables (BatchNorm statistics included) are left untouched.
 
+    Under a multi-replica strategy the all-reduce is a synchronization point: call this (and the
+    M optimizer's apply_gradients) from a replica function of its own, chosen on the host every
+    N steps, not inside a `tf.cond` of the training step (tf.distribute refuses that).
+
     Args:
       model: a built keras.Model called as model(x, path=path, training=...).
       path: the student path (int32 [L] tensor).

@@ -195,6 +195,21 @@ def test_non_finite_probs_or_images_rejected():
     assert b.entries() == []
 
 
+def test_accepts_tensors():
+    b = make()
+    assert b.update(tf.constant([1] * L), tf.constant(12.5), tf.constant(100, tf.int64),
+                    tf.constant(images(1)), tf.constant(probs(0.01)))
+    assert state(b) == [(1, 12.5, 100)]
+    assert_consistent(b)
+
+
+def test_scores_read_back_as_given():
+    b = make()
+    offer(b, 1, 71.3, 100)
+    assert b.entries()[0]["score"] == 71.3
+    assert np.float32(b.entries()[0]["score"]) == b.scores.numpy()[0]
+
+
 def test_stores_the_first_n_images_of_a_batch():
     b = make(capacity=2)
     batch = np.arange(5, dtype=np.float32)[:, None, None, None] * np.ones([5, *SHAPE], np.float32)
@@ -320,3 +335,15 @@ def test_checkpoint_across_strategies(tmp_path):
         mirrored = make(capacity=4)
     tf.train.Checkpoint(board=mirrored).restore(path).assert_consumed()
     _assert_same(board, mirrored)
+
+
+def test_update_refuses_to_run_in_a_graph():
+    b = make()
+
+    @tf.function
+    def inside():
+        b.update([1] * L, 10.0, 100, images(1), probs(0.1))
+        return 0
+
+    with pytest.raises(RuntimeError, match="on the host"):
+        inside()

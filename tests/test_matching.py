@@ -483,3 +483,39 @@ def test_meta_problems_are_not_degenerate(batch_norm, dtype, batch):
     _, rho, scores = M.select_teacher("meta", student, board["board_probs"], 2, matching)
     assert 0.1 < float(rho) < 0.9, float(rho)
     assert abs(float(scores[0] - scores[1])) > 0.01, scores.numpy()  # >> eps of the FD test
+
+
+def test_top1_needs_no_student_probs():
+    _, board, _, _ = hand_built()
+    index, rho, _ = M.select_teacher("top1", None, board, 2)
+    assert int(index) == 0 and float(rho) == 0.5
+
+
+def test_with_a_mirrored_board_per_replica():
+    """The trainer's pattern: board and M in strategy.scope(), host updates, selection per
+    replica reading the board's variables, the teacher path gathered from board.paths."""
+    from cream_tf.board import Board
+    strategy = mirrored()
+    student, probs, offsets, _ = hand_built()
+    with strategy.scope():
+        board = Board(4, 2, N, (2, 2, 1), C)
+        m = M.MatchingNetwork(N, C)
+    set_matching(m, [1, 0, 0, 0, 0, 0])
+    for i, score in enumerate([40.0, 30.0, 20.0]):  # entry i gets probs[i]: sorted as given
+        board.update([i, i + 1], score, 100, np.zeros([N, 2, 2, 1]), probs[i])
+
+    @tf.function
+    def select(student):
+        def replica():
+            index, rho, _ = M.select_teacher("meta", student, board.probs, board.size, m)
+            return tf.gather(board.paths, index), rho
+        return strategy.run(replica)
+
+    teacher, rho = select(tf.constant(student))
+    for t, r in zip(strategy.experimental_local_results(teacher),
+                    strategy.experimental_local_results(rho)):
+        assert t.numpy().tolist() == [1, 2]  # entry 3 (offset 3.0) is empty: entry 1 wins
+        np.testing.assert_allclose(float(r), sigmoid(offsets[1]), rtol=1e-6)
+    board.update([9, 9], 50.0, 100, np.zeros([N, 2, 2, 1]), probs[3])  # fills slot 0 now
+    teacher, _ = select(tf.constant(student[[3, 0, 1, 2]]))
+    assert strategy.experimental_local_results(teacher)[0].numpy().tolist() == [9, 9]
