@@ -148,12 +148,15 @@ def main(argv):
     if "plain" in parts:
         results["plain"], _ = _median_time(plain, FLAGS.steps, FLAGS.warmup)
         rows["plain"] = _peak_rss_mb()
+        print(f"  plain: {results['plain'] * 1e3:.1f} ms/step", flush=True)
     if "cream" in parts:
         results["cream"], _ = _median_time(cream, FLAGS.steps, FLAGS.warmup)
         rows["cream"] = _peak_rss_mb()
+        print(f"  cream: {results['cream'] * 1e3:.1f} ms/step", flush=True)
     if "meta" in parts:
         results["meta"], _ = _median_time(meta, FLAGS.meta_steps, 1)
         rows["meta"] = _peak_rss_mb()
+        print(f"  meta: {results['meta'] * 1e3:.1f} ms/update", flush=True)
     traces = {name: getattr(steps, name).experimental_get_tracing_count()
               for name in ("warmup", "distill")}
     if "input" in parts:
