@@ -34,9 +34,12 @@ from cream_tf.sampler import Sampler
 from cream_tf.space import Space
 from cream_tf.supernet import SuperNet
 
-__all__ = ["SearchConfig", "SearchResult", "LinearDecay", "PathSGD", "search", "write_atomic"]
+__all__ = ["MIXED_PRECISION", "SearchConfig", "SearchResult", "LinearDecay", "PathSGD", "search", "write_atomic"]
 
 _log = logging.getLogger(__name__)
+
+# Dtype policies of the supernet; 'mixed_float16' adds dynamic loss scaling.
+MIXED_PRECISION = (None, "mixed_bfloat16", "mixed_float16")
 
 
 @keras.saving.register_keras_serializable(package="cream_tf")
@@ -196,6 +199,7 @@ class SearchConfig:
     verbose: int = 1                   # 0 silent, 1 progress bar
     jit_compile: bool = False          # XLA for the step; single-device only
     max_bad_steps: int = 20            # stop after this many non-finite steps in a row
+    mixed_precision: str | None = None  # None, 'mixed_bfloat16' or 'mixed_float16' (loss scaling)
 
     def __post_init__(self):
         ints = ("epochs", "steps_per_epoch", "batch_size", "board_size", "board_images",
@@ -218,6 +222,10 @@ class SearchConfig:
             raise ValueError("SearchConfig.label_smoothing and dropout must be in [0, 1)")
         if self.weight_decay < 0 or not 0 <= self.momentum < 1:
             raise ValueError("SearchConfig.weight_decay must be >= 0 and momentum in [0, 1)")
+        if self.mixed_precision not in MIXED_PRECISION:
+            raise ValueError(f"SearchConfig.mixed_precision must be one of "
+                             f"{', '.join(map(str, MIXED_PRECISION))}, got "
+                             f"{self.mixed_precision!r}")
 
     @property
     def total_steps(self) -> int:
@@ -294,6 +302,8 @@ def _signature(space: Space, config: SearchConfig) -> dict:
                  "batch_size": config.batch_size, "total_steps": config.total_steps,
                  "board_size": config.board_size, "board_images": config.board_images,
                  "teacher": config.teacher}
+    if config.mixed_precision:  # only when set: workdirs of float32 searches keep resuming
+        signature["mixed_precision"] = config.mixed_precision
     return json.loads(json.dumps(signature))  # the form it takes after a JSON round trip
 
 
@@ -501,18 +511,30 @@ class _SearchState:
         keras.utils.set_random_seed(config.seed)  # supernet and matching-network initialisation
         r = space.resolution
         with strategy.scope():
-            self.supernet = SuperNet(space, dropout=config.dropout)
+            # The supernet's layers take the dtype policy at construction; everything else
+            # (board, matching network, losses) stays float32.
+            previous = keras.mixed_precision.global_policy()
+            if config.mixed_precision:
+                keras.mixed_precision.set_global_policy(config.mixed_precision)
+            try:
+                self.supernet = SuperNet(space, dropout=config.dropout)
+            finally:
+                keras.mixed_precision.set_global_policy(previous)
             schedule = LinearDecay(config.learning_rate, config.total_steps)
-            self.optimizer = PathSGD(self.supernet.variable_owner, space.num_layers,
-                                     learning_rate=schedule, momentum=config.momentum,
-                                     nesterov=config.nesterov, l2=config.weight_decay,
-                                     freeze_inactive=config.freeze_inactive)
+            self.path_optimizer = PathSGD(self.supernet.variable_owner, space.num_layers,
+                                          learning_rate=schedule, momentum=config.momentum,
+                                          nesterov=config.nesterov, l2=config.weight_decay,
+                                          freeze_inactive=config.freeze_inactive)
+            self.optimizer = self.path_optimizer
+            if config.mixed_precision == "mixed_float16":
+                # dynamic loss scale; a non-finite step is skipped and the scale halved
+                self.optimizer = keras.optimizers.LossScaleOptimizer(self.path_optimizer)
             self.schedule = schedule
             self.optimizer.build(self.supernet.trainable_variables)
             self.board = Board(config.board_size, space.num_layers, config.board_images,
                                (r, r, 3), space.num_classes, gap=config.board_gap)
             self.matching = matching_lib.MatchingNetwork(config.board_images, space.num_classes,
-                                                         seed=config.seed)
+                                                         seed=config.seed, dtype="float32")
             self.meta_optimizer = keras.optimizers.SGD(config.meta_lr, name="meta_sgd")
             self.meta_optimizer.build(self.matching.trainable_variables)
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
@@ -524,6 +546,7 @@ class _StepFunctions:
     def __init__(self, state: _SearchState):
         self.space, self.config, self.strategy = state.space, state.config, state.strategy
         self.supernet, self.optimizer, self.board = state.supernet, state.optimizer, state.board
+        self.path_optimizer = state.path_optimizer
         self.matching, self.meta_optimizer = state.matching, state.meta_optimizer
         config, strategy = self.config, self.strategy
         self.replicas = strategy.num_replicas_in_sync
@@ -594,18 +617,20 @@ class _StepFunctions:
                 logits = net(x, path=path, training=True)
                 loss = matching_lib.cream_loss(y, logits, teacher_logits, rho,
                                                cfg.label_smoothing, global_batch)
+                # identity unless a LossScaleOptimizer (mixed_float16) scales it; apply unscales
+                scaled = self.optimizer.scale_loss(loss)
             variables = net.trainable_variables
-            grads = tape.gradient(loss, variables)
+            grads = tape.gradient(scaled, variables)
             finite = step_is_finite(loss, grads)
             self.optimizer.apply(poison_gradients(grads, finite), variables)
             # BN moving statistics moved in the forward passes: put them back on a bad step
             tf.cond(finite, lambda: tf.constant(True), lambda: _restore(stats, saved))
             correct = tf.reduce_sum(tf.cast(
                 tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), y), tf.int32))
-            return (loss, correct, x[:n], tf.nn.softmax(logits[:n]), rho, index,
-                    tf.cast(finite, tf.int32))
+            probs = tf.nn.softmax(tf.cast(logits[:n], tf.float32))
+            return loss, correct, x[:n], probs, rho, index, tf.cast(finite, tf.int32)
 
-        self.optimizer.set_path(path)
+        self.path_optimizer.set_path(path)
         loss, correct, head, probs, rho, index, finite = self.strategy.run(
             replica_fn, args=(images, labels))
         reduce = self.strategy.reduce

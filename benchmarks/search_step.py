@@ -1,0 +1,192 @@
+"""Search-step throughput of cream_tf.trainer, measured against this machine's own floor.
+
+    python benchmarks/search_step.py                      # configs/small.flags settings
+    python benchmarks/search_step.py --board_size=10 --board_images=4   # the release's board
+    python benchmarks/search_step.py --resolution=224 --batch_size=8 --depth=4 --width=1.0
+
+Times, in one process, as the median of many steps after warm-up (each step a different path):
+  (a) plain: the warm-up step (single path, CE only, no distillation);
+  (b) cream: the full Cream step (batched board scoring over K*n stored images, teacher choice,
+      teacher forward, Cream loss) plus the host-side board update, as `trainer.search` runs it;
+  (c) meta: one meta-gradient update of the matching network (run once per --meta_interval);
+  (d) input: `data.search_inputs` alone (batches per second of the training pipeline).
+The floor is path MACs x 3 (forward + backward) x batch over the MAC rate this CPU reaches on a
+large float32 matrix product, measured in the same run. The step functions are trainer's own
+(`_SearchState`, `_StepFunctions`), on fixed input tensors, so (a)-(c) exclude the input pipeline.
+"""
+import os
+import resource
+import statistics
+import sys
+import time
+
+from absl import app
+from absl import flags
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("space", "mbconv", "search space name")
+flags.DEFINE_string("layout", "released", "space layout")
+flags.DEFINE_integer("depth", 2, "blocks per stage")
+flags.DEFINE_integer("resolution", 32, "input size")
+flags.DEFINE_float("width", 0.5, "width multiplier")
+flags.DEFINE_integer("num_classes", 10, "classes")
+flags.DEFINE_integer("batch_size", 32, "per-replica batch (one device here)")
+flags.DEFINE_integer("board_size", 5, "K, board entries (release: 10)")
+flags.DEFINE_integer("board_images", 4, "n, stored images per entry (release: 4)")
+flags.DEFINE_integer("steps", 30, "timed steps per measurement (median reported)")
+flags.DEFINE_integer("warmup", 5, "untimed steps before timing (tracing)")
+flags.DEFINE_integer("meta_steps", 5, "timed meta updates")
+flags.DEFINE_integer("meta_interval", 200, "steps between meta updates (amortisation)")
+flags.DEFINE_enum("mixed_precision", "none", ["none", "mixed_bfloat16", "mixed_float16"],
+                  "Keras dtype policy of the supernet")
+flags.DEFINE_bool("jit_compile", False, "XLA for the train steps (single device)")
+flags.DEFINE_string("dataset", "digits", "dataset for (d): digits or synthetic")
+flags.DEFINE_integer("matmul_size", 2048, "size of the float32 matmul measuring the MAC rate")
+flags.DEFINE_list("parts", "floor,plain,cream,meta,input", "what to measure")
+
+
+def _peak_rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _median_time(fn, steps, warmup):
+    for i in range(warmup):
+        fn(i)
+    times = []
+    for i in range(steps):
+        start = time.perf_counter()
+        fn(warmup + i)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), times
+
+
+def mac_rate(tf, n):
+    """MACs per second of an n x n float32 matmul (median of 10 after warm-up)."""
+    a = tf.random.normal([n, n])
+    b = tf.random.normal([n, n])
+    mm = tf.function(lambda a, b: tf.reduce_sum(tf.matmul(a, b)))
+    t, _ = _median_time(lambda i: mm(a, b).numpy(), 10, 3)
+    return n ** 3 / t
+
+
+def main(argv):
+    del argv
+    import numpy as np
+    import tensorflow as tf
+
+    from cream_tf import data as data_lib
+    from cream_tf import flops
+    from cream_tf import trainer
+    from cream_tf.space import Space
+
+    parts = set(FLAGS.parts)
+    space = Space(FLAGS.space, FLAGS.layout, FLAGS.depth, FLAGS.resolution, FLAGS.width,
+                  FLAGS.num_classes)
+    b, k, n = FLAGS.batch_size, FLAGS.board_size, FLAGS.board_images
+    extra = {}
+    if FLAGS.mixed_precision != "none":
+        extra["mixed_precision"] = FLAGS.mixed_precision
+    config = trainer.SearchConfig(epochs=1, steps_per_epoch=10 ** 6, warmup_epochs=0,
+                                  batch_size=b, board_size=k, board_images=n,
+                                  meta_interval=FLAGS.meta_interval, learning_rate=0.1,
+                                  jit_compile=FLAGS.jit_compile, verbose=0, **extra)
+    strategy = tf.distribute.get_strategy()
+    sampler = trainer.Sampler(space, config.prior, config.skip_prob, config.macs_range,
+                              config.seed)
+    table = flops.cost_table(space)
+    load = os.getloadavg()
+    rows = {}
+    print(f"space={space.name} depth={FLAGS.depth} resolution={space.resolution} "
+          f"width={space.width} batch={b} board={k}x{n} mixed_precision={FLAGS.mixed_precision} "
+          f"jit={FLAGS.jit_compile} | nproc={os.cpu_count()} load={load[0]:.2f}", flush=True)
+
+    rate = mac_rate(tf, FLAGS.matmul_size) if "floor" in parts else None
+    state = trainer._SearchState(space, config, strategy)
+    steps = trainer._StepFunctions(state)
+    board = state.board
+    r = space.resolution
+    rng = np.random.default_rng(0)
+    images = tf.constant(rng.normal(size=(b, r, r, 3)).astype(np.float32))
+    labels = tf.constant(rng.integers(0, space.num_classes, size=b).astype(np.int32))
+    paths = [sampler.sample(s) for s in range(FLAGS.warmup + FLAGS.steps + 1)]
+    mean_macs = float(np.mean([sampler.path_macs(p) for p in paths]))
+
+    # Fill the board with K entries (distinct paths, distinct scores), as after a warm-up.
+    for j in range(k):
+        path = sampler.sample(10 ** 6 + j)
+        probs = rng.dirichlet(np.ones(space.num_classes), size=n).astype(np.float32)
+        board.update(path, 90.0 - 10.0 * j / k, sampler.path_macs(path),
+                     rng.normal(size=(n, r, r, 3)).astype(np.float32), probs)
+
+    def plain(i):
+        out = steps.warmup(images, labels, tf.constant(paths[i], tf.int32))
+        float(out["loss"].numpy())
+
+    def cream(i):  # the loop body of trainer.search for a distillation step
+        path_np = paths[i]
+        out = steps.distill(images, labels, tf.constant(path_np, tf.int32))
+        host = trainer._host_outputs(out) if hasattr(trainer, "_host_outputs") else None
+        if host is None:
+            accuracy = 100.0 * float(out["correct"].numpy()) / b
+            board.update(path_np, accuracy, sampler.path_macs(path_np), out["images"].numpy(),
+                         out["probs"].numpy())
+            float(out["loss"].numpy()), float(out["rho"].numpy()), int(out["teacher"].numpy())
+        else:
+            board.update(path_np, 100.0 * host["correct"] / b, sampler.path_macs(path_np),
+                         host["images"], host["probs"])
+
+    m = config.meta_slice
+    val_images, val_labels = images[:m], labels[:m]
+
+    def meta(i):
+        steps.meta(images, labels, val_images, val_labels, tf.constant(paths[i], tf.int32))
+        float(state.matching.trainable_variables[0].numpy().sum())
+
+    results = {}
+    if "plain" in parts:
+        results["plain"], _ = _median_time(plain, FLAGS.steps, FLAGS.warmup)
+        rows["plain"] = _peak_rss_mb()
+        print(f"  plain: {results['plain'] * 1e3:.1f} ms/step", flush=True)
+    if "cream" in parts:
+        results["cream"], _ = _median_time(cream, FLAGS.steps, FLAGS.warmup)
+        rows["cream"] = _peak_rss_mb()
+        print(f"  cream: {results['cream'] * 1e3:.1f} ms/step", flush=True)
+    if "meta" in parts:
+        results["meta"], _ = _median_time(meta, FLAGS.meta_steps, 1)
+        rows["meta"] = _peak_rss_mb()
+        print(f"  meta: {results['meta'] * 1e3:.1f} ms/update", flush=True)
+    traces = {name: getattr(steps, name).experimental_get_tracing_count()
+              for name in ("warmup", "distill")}
+    if "input" in parts:
+        splits, info = data_lib.load(FLAGS.dataset, r)
+        train_ds, _ = data_lib.search_inputs(splits, info, r, seed=0)
+        it = iter(train_ds.batch(b, drop_remainder=True).prefetch(2))
+        results["input"], _ = _median_time(lambda i: next(it)[0].numpy(), 3 * FLAGS.steps,
+                                           FLAGS.warmup)
+        rows["input"] = _peak_rss_mb()
+
+    floor = mean_macs * 3 * b / rate if rate else None
+    print(f"matmul MAC rate: {rate / 1e9:.1f} GMAC/s; mean path MACs {mean_macs / 1e6:.2f}M; "
+          f"floor per step {floor * 1e3:.2f} ms" if rate else "floor not measured")
+    print(f"traces over {len(paths)} distinct paths: {traces}")
+    base = results.get("plain")
+    print(f"{'part':8s} {'ms/step':>9s} {'images/s':>9s} {'x plain':>8s} {'floor':>7s} "
+          f"{'peak MB':>8s}")
+    for name, t in results.items():
+        ratio = f"{t / base:8.2f}" if base else f"{'':8s}"
+        frac = (f"{floor / t:7.1%}" if floor and name in ("plain", "cream") else f"{'':7s}")
+        print(f"{name:8s} {t * 1e3:9.1f} {b / t:9.0f} {ratio} {frac} {rows[name]:8.0f}")
+    if "meta" in results and "cream" in results:
+        amort = results["meta"] / FLAGS.meta_interval
+        share = amort / (results["cream"] + amort)
+        print(f"meta amortised over {FLAGS.meta_interval} steps: {amort * 1e3:.2f} ms/step "
+              f"= {share:.1%} of the total")
+    if "input" in results and "cream" in results:
+        print(f"input pipeline / cream step consumption: {results['cream'] / results['input']:.1f}x")
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
+
+
+if __name__ == "__main__":
+    app.run(main)
