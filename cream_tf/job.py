@@ -179,7 +179,8 @@ class Job:
                 teacher=self.s.teacher, meta_interval=self.s.meta_interval,
                 meta_lr=self.s.meta_lr, seed=self.s.seed,
                 checkpoint_interval=self.s.checkpoint_every, jit_compile=self.s.jit_compile,
-                max_bad_steps=self.s.max_bad_steps)
+                max_bad_steps=self.s.max_bad_steps,
+                mixed_precision=None if self.s.mixed_precision == "none" else self.s.mixed_precision)
         except ValueError as e:
             raise cli.UsageError(str(e)) from None
 
