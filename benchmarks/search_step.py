@@ -157,8 +157,7 @@ def main(argv):
         results["meta"], _ = _median_time(meta, FLAGS.meta_steps, 1)
         rows["meta"] = _peak_rss_mb()
         print(f"  meta: {results['meta'] * 1e3:.1f} ms/update", flush=True)
-    traces = {name: getattr(steps, name).experimental_get_tracing_count()
-              for name in ("warmup", "distill")}
+    traces = {"step": steps.step.experimental_get_tracing_count()}
     if "input" in parts:
         splits, info = data_lib.load(FLAGS.dataset, r)
         train_ds, _ = data_lib.search_inputs(splits, info, r, seed=0)

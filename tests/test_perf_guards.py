@@ -50,7 +50,7 @@ def test_cream_step_traces_once_over_20_paths(mixed_precision):
         assert out["probs"].dtype == tf.float32
         state.board.update(path, 50.0, sampler.path_macs(path), out["images"].numpy(),
                            out["probs"].numpy())
-    assert steps.distill.experimental_get_tracing_count() == 1
+    assert steps.step.experimental_get_tracing_count() == 1
     # the supernet computes in the policy's dtype, keeps float32 variables, and trained
     compute = {None: "float32", "mixed_bfloat16": "bfloat16", "mixed_float16": "float16"}
     assert state.supernet.stem_ds.layers[1].compute_dtype == compute[mixed_precision]
