@@ -388,9 +388,7 @@ def search(space: Space, train_ds: tf.data.Dataset, val_ds: tf.data.Dataset, wor
         try:
             checkpoint.restore(latest).assert_existing_objects_matched()
         except (AssertionError, ValueError, tf.errors.OpError) as e:
-            raise safety.CheckpointError(
-                f"cannot resume from {latest}: it does not match this search ({e}); use a new "
-                f"workdir") from None
+            raise safety.checkpoint_error(latest, e) from None
         _log.info("resumed from %s at step %d", latest, int(step_var.numpy()))
     if chief:
         os.makedirs(workdir, exist_ok=True)

@@ -182,6 +182,7 @@ def checkpointed(tmp_path_factory):
     manager = tf.train.CheckpointManager(checkpoint, os.path.join(workdir, "checkpoints"), 3)
     manager.save(checkpoint_number=4)
     manager.save(checkpoint_number=8)
+    safety.verify_checkpoint(manager.latest_checkpoint)  # intact: passes (incl. the iterator)
     return workdir
 
 
@@ -210,7 +211,7 @@ def test_corrupted_checkpoint_is_a_clear_error_and_nothing_changes(checkpointed,
             trainer.search(SPACE, *_datasets(x, y), workdir, _config(**CORRUPT_CONFIG))
         message = str(info.value)
         assert f"checkpoint {prefix} " in message and "cannot be read" in message, message
-        assert "truncated or corrupted; delete those files" in message
+        assert "truncated or corrupted (or of another search); delete those files" in message
         assert listing(workdir) == before
     finally:
         shutil.rmtree(folder)
