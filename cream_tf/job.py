@@ -448,7 +448,7 @@ def run(flag_values):
 
     import tensorflow as tf
 
-    if flag_values["verbosity"].value < 0:
+    if "verbosity" in flag_values and flag_values["verbosity"].value < 0:
         tf.get_logger().setLevel("ERROR")  # e.g. the retracing notes of per-path evaluation
     # the LiteRT successor of tf.lite.Interpreter is optional; the old one works in TF 2.21
     warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")
