@@ -1,6 +1,6 @@
 """Macros for cream_tf's Bazel targets."""
 
-def cream_py_test(name, deps = [], data = [], size = "large", **kwargs):
+def cream_py_test(name, deps = [], data = [], size = "enormous", **kwargs):
     """A py_test that runs tests/<name>.py through pytest (with conftest.py and pytest.ini)."""
     native.py_test(
         name = name,
