@@ -85,7 +85,8 @@ def run_clean(script: str, cwd) -> subprocess.CompletedProcess:
     header = textwrap.dedent(f"""
         import sys
         sys.modules["cream_tf"] = None  # any 'import cream_tf' now fails
-        sys.path = [p for p in sys.path if p and not p.startswith({REPO!r})]
+        # drop the checkout itself (not a virtual environment that may live inside it)
+        sys.path = [p for p in sys.path if p and p.rstrip("/") != {REPO!r}.rstrip("/")]
         try:
             import cream_tf
             raise SystemExit("cream_tf is importable")
