@@ -15,3 +15,18 @@ tf.config.set_logical_device_configuration(
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: end-to-end cases; run alone with -m slow")
+
+
+_MIRRORED = []
+
+
+def mirrored():
+    """The one 2-replica MirroredStrategy of the test session.
+
+    Several strategies in one process reuse the same collective instance keys, and a later
+    strategy's all-reduce of another shape then fails with a collective shape mismatch; one shared
+    strategy keeps its keys increasing.
+    """
+    if not _MIRRORED:
+        _MIRRORED.append(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
+    return _MIRRORED[0]

@@ -8,6 +8,7 @@ import tensorflow as tf
 from cream_tf import arch as arch_lib
 from cream_tf.board import Board
 from cream_tf.space import Space
+from conftest import mirrored
 
 L, N, SHAPE, C = 5, 2, (4, 4, 3), 10
 
@@ -299,7 +300,7 @@ def _assert_same(a, b):
 
 @pytest.mark.parametrize("distributed", [False, True])
 def test_checkpoint_round_trip(tmp_path, distributed):
-    strategy = (tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]) if distributed
+    strategy = (mirrored() if distributed
                 else tf.distribute.get_strategy())
     with strategy.scope():
         board = make(capacity=4)
@@ -331,10 +332,10 @@ def test_checkpoint_across_strategies(tmp_path):
     board = make(capacity=4)
     _filled(board)
     path = tf.train.Checkpoint(board=board).save(str(tmp_path / "ckpt"))
-    with tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]).scope():
-        mirrored = make(capacity=4)
-    tf.train.Checkpoint(board=mirrored).restore(path).assert_consumed()
-    _assert_same(board, mirrored)
+    with mirrored().scope():
+        replicated = make(capacity=4)
+    tf.train.Checkpoint(board=replicated).restore(path).assert_consumed()
+    _assert_same(board, replicated)
 
 
 def test_update_refuses_to_run_in_a_graph():

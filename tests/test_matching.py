@@ -7,12 +7,9 @@ import pytest
 import tensorflow as tf
 
 from cream_tf import matching as M
+from conftest import mirrored
 
 N, C = 2, 3
-
-
-def mirrored():
-    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 
 
 def sigmoid(x):

@@ -10,6 +10,7 @@ import tensorflow as tf
 
 from cream_tf import data, retrain
 from cream_tf.space import Space
+from conftest import mirrored
 
 RES = 32
 PATH = [[0]] * 5  # one MB4 3x3 block per stage
@@ -103,7 +104,7 @@ def only_builtin_layers(path):
 def test_retrain_under_mirrored_strategy_beats_chance(digits, space, tmp_path):
     keras.utils.set_random_seed(0)
     splits, info = digits
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    strategy = mirrored()
     assert strategy.num_replicas_in_sync == 2
     config = small_config(epochs=2, steps_per_epoch=12, batch_size=32)
     result = retrain.retrain(PATH, space, splits, info, str(tmp_path), config, strategy=strategy)

@@ -11,12 +11,13 @@ from cream_tf import select as select_lib
 from cream_tf import trainer
 from cream_tf.space import Space
 from cream_tf.supernet import VariableOwner
+from conftest import mirrored
 
 TINY = Space("mbconv", depth=(1, 2, 1, 1, 1), resolution=32, width=0.25, num_classes=10)
 
 
 def _mirrored():
-    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    return mirrored()
 
 
 def digits(split_seed=0):
