@@ -28,8 +28,8 @@ __all__ = [
     "tflite_latency", "median_latency", "export_onnx", "disk_size",
 ]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+# The training pipeline's normalisation, baked into served graphs (one constant for both).
+from cream_tf.data import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 SERVING_SIGNATURE = "serving_default"
 BYTES_SIGNATURE = "serving_bytes"
 METADATA_FILE = os.path.join("assets.extra", "cream_export.json")
