@@ -46,8 +46,14 @@ def softmax(z):
 
 @pytest.fixture(scope="module")
 def trained():
-    """A tiny child trained for 2 epochs on digits (~90% held-out accuracy), so that int8 top-1
-    agreement is measured on a model with real margins, not on near-uniform random logits."""
+    """A tiny child trained for 10 epochs on digits (~97% held-out accuracy), so that int8 top-1
+    agreement is measured on a model with real margins, not on near-uniform random logits.
+
+    Measured with this recipe (397 held-out digits, 200 calibration images): after 2 epochs (90.7%
+    accuracy) int8 agrees with Keras on 98.2%, after 5 (95.2%) on 99.0%, after 10 (97.2%) on 99.7%.
+    Every layer's int8 error is the ideal rounding error (rmse ~0.29 of its scale, measured with
+    tf.lite's QuantizationDebugger), so disagreements come from the model's thin margins.
+    """
     keras.utils.set_random_seed(0)
     space = Space("mbconv", depth=1, resolution=32, width=0.25, num_classes=10)
     model = child.build([[0], [0], [2], [0], [2]], space, name="tiny_child")
@@ -57,7 +63,7 @@ def trained():
     split = 1400
     model.compile(keras.optimizers.Adam(5e-3), keras.losses.SparseCategoricalCrossentropy(
         from_logits=True))
-    model.fit(preprocess(images[:split]), labels[:split], batch_size=32, epochs=2, verbose=0)
+    model.fit(preprocess(images[:split]), labels[:split], batch_size=32, epochs=10, verbose=0)
     return model, images[:split], images[split:], labels[split:]
 
 
@@ -267,12 +273,9 @@ def test_int8_agrees_with_keras_on_held_out_digits(trained, small_exports):
     report = export.compare_accuracy(model, {"tflite-fp32": small_exports["tflite-fp32"],
                                              "tflite-int8": small_exports["tflite-int8"]},
                                      x, test_labels)
-    assert report["keras"]["accuracy"] > 0.8, report  # trained: the agreement is meaningful
+    assert report["keras"]["accuracy"] > 0.95, report  # trained: the agreement is meaningful
     assert report["tflite-fp32"]["agreement"] == 1.0, report
-    # Post-training int8 of this 2-epoch, width-0.25 net agrees with Keras on 98.2% of the 397
-    # held-out digits (7 images; 98.7% at width 1.0), short of the 99% asked for: the bar here is
-    # what PTQ gives, and the accuracy check below bounds what the disagreements cost.
-    assert report["tflite-int8"]["agreement"] >= 0.975, report
+    assert report["tflite-int8"]["agreement"] >= 0.99, report
     assert abs(report["tflite-int8"]["accuracy"] - report["keras"]["accuracy"]) < 0.02, report
     assert os.path.getsize(small_exports["tflite-int8"]) < 0.5 * os.path.getsize(
         small_exports["tflite-fp32"])
