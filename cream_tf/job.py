@@ -342,17 +342,19 @@ class Job:
         images, labels = np.concatenate(images), np.concatenate(labels)
         calibration = data_lib.eval_pipeline(splits.train, space.resolution, batch_size=32,
                                              crop_pct=info.eval_crop_pct).take(8)
+        progress = _ExportProgress(self.export_dir, os.path.join(self.retrain_dir, "final.keras"))
         try:
-            keras_path = export_lib.export_keras(
-                model, os.path.join(self.export_dir, f"{name}.keras"), overwrite=self.s.overwrite)
-            serving = export_lib.export_saved_model(
-                model, self.export_dir, name, class_names=list(info.class_names) or None)
-            fp32 = export_lib.export_tflite(model, os.path.join(self.export_dir, f"{name}.tflite"),
-                                            overwrite=self.s.overwrite)
-            int8 = export_lib.export_tflite(model, os.path.join(self.export_dir,
-                                                                f"{name}_int8.tflite"),
-                                            quantization="int8", representative_data=calibration,
-                                            overwrite=self.s.overwrite)
+            keras_path = progress.make("keras", lambda: export_lib.export_keras(
+                model, os.path.join(self.export_dir, f"{name}.keras"), overwrite=self.s.overwrite))
+            serving = progress.make("saved_model", lambda: export_lib.export_saved_model(
+                model, self.export_dir, name, class_names=list(info.class_names) or None))
+            fp32 = progress.make("tflite_fp32", lambda: export_lib.export_tflite(
+                model, os.path.join(self.export_dir, f"{name}.tflite"),
+                overwrite=self.s.overwrite))
+            int8 = progress.make("tflite_int8", lambda: export_lib.export_tflite(
+                model, os.path.join(self.export_dir, f"{name}_int8.tflite"),
+                quantization="int8", representative_data=calibration,
+                overwrite=self.s.overwrite))
         except export_lib.ExportError as e:
             raise cli.UsageError(f"{e} (pass --overwrite to replace it)") from None
         accuracy = export_lib.compare_accuracy(model, {"tflite_fp32": fp32, "tflite_int8": int8},
@@ -361,6 +363,7 @@ class Job:
                   "tflite_int8": int8, "accuracy": accuracy,
                   "held_out_split": "test" if splits.test is not None else "val"}
         cli.write_json(os.path.join(self.export_dir, "export_report.json"), report)
+        progress.finish()
         return report
 
     def tune(self):
@@ -403,6 +406,44 @@ class Job:
                                          os.path.join(self.workdir, "board.png"),
                                          flops_range=shade))
         return [m for m in made if m]
+
+
+class _ExportProgress:
+    """Lets a rerun after a crash in the export phase keep the files it already wrote.
+
+    Every export is atomic, and an existing file is an error unless --overwrite. Without a record,
+    a run killed between two exports could never finish: its own first file would block the
+    rerun. So each finished export is recorded in `.export_progress.json` together with the
+    size and mtime of the model it came from; a rerun reuses recorded files of the same model and
+    the record is removed once `export_report.json` is written.
+    """
+
+    def __init__(self, export_dir: str, model_path: str):
+        self.path = os.path.join(export_dir, ".export_progress.json")
+        stat = os.stat(model_path)
+        self.source = {"model": os.path.abspath(model_path), "size": stat.st_size,
+                       "mtime_ns": stat.st_mtime_ns}
+        done = {}
+        if os.path.exists(self.path):
+            try:
+                record = cli.read_json(self.path)
+            except (OSError, ValueError):
+                record = {}
+            if record.get("source") == self.source:
+                done = {k: v for k, v in record.get("done", {}).items() if os.path.exists(v)}
+        self.done = done
+
+    def make(self, key: str, export):
+        if key in self.done:
+            print(f"  {key}: kept {self.done[key]} from the interrupted export", flush=True)
+            return self.done[key]
+        self.done[key] = export()
+        cli.write_json(self.path, {"source": self.source, "done": self.done})
+        return self.done[key]
+
+    def finish(self):
+        if os.path.exists(self.path):
+            os.remove(self.path)
 
 
 def _is_chief(strategy) -> bool:

@@ -1,0 +1,146 @@
+"""The whole job through run.py: small.flags end to end, each mode on its own, and reruns.
+
+Slow: every search traces the supernet step (minutes on 2 cores). Run alone with
+`python -m pytest -m slow tests/test_pipeline.py`.
+"""
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUN = os.path.join(ROOT, "run.py")
+
+
+def run(args, cwd, prelude="", timeout=1800):
+    """run.py in a fresh process; `prelude` is Python run first (e.g. to inject a crash)."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT)
+    script = textwrap.dedent(f"""
+        import runpy, sys
+        sys.argv = [{RUN!r}] + {list(args)!r}
+    """) + textwrap.dedent(prelude) + f"\nrunpy.run_path({RUN!r}, run_name='__main__')\n"
+    return subprocess.run([sys.executable, "-c", script], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def read(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def versions(folder):
+    return sorted(int(n) for n in os.listdir(folder) if n.isdigit())
+
+
+@pytest.mark.slow
+def test_small_flags_end_to_end_with_fewer_steps(tmp_path):
+    workdir = tmp_path / "small"
+    args = ["--flags=configs/small.flags", f"--workdir={workdir}", "--search_epochs=2",
+            "--warmup_epochs=1", "--steps_per_epoch=10", "--meta_interval=5",
+            "--retrain_epochs=4"]
+    result = run(args, ROOT)
+    assert result.returncode == 0, result.stderr[-4000:]
+    out = result.stdout
+    summary = out[out.index("== summary"):]
+    for label in ("architecture :", "MACs / params:", "accuracy     :", "keras file   :",
+                  "SavedModel   :", "TFLite       :"):
+        assert label in summary, summary
+
+    s = read(workdir / "summary.json")
+    assert s["test_accuracy"] > 0.3, s  # 10 classes: chance is 0.1
+    assert 0 < s["macs"] <= 2_000_000  # small.flags: --flops_max=2 (M MACs)
+    board = read(workdir / "search" / "board.json")
+    assert board and all("paper" in entry for entry in board)
+    logs = workdir / "search" / "logs"
+    assert any("tfevents" in name for _, _, names in os.walk(logs) for name in names)
+    export = workdir / "export"
+    assert (export / "cream_digits.keras").is_file()
+    assert (export / "cream_digits" / "1" / "saved_model.pb").is_file()
+    assert (export / "cream_digits.tflite").is_file()
+    assert (export / "cream_digits_int8.tflite").is_file()
+    pytest.importorskip("matplotlib")
+    assert (workdir / "architecture.png").stat().st_size > 1000
+    assert (workdir / "board.png").stat().st_size > 1000
+
+    # The same command again: every phase is found finished, nothing is redone or re-exported.
+    before = {p: os.stat(p).st_mtime_ns for p in (export / "cream_digits.keras",
+                                                   workdir / "retrain" / "final.keras")}
+    again = run(args, ROOT)
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert "== summary" in again.stdout and "== retrain" not in again.stdout
+    assert {p: os.stat(p).st_mtime_ns for p in before} == before
+    assert versions(export / "cream_digits") == [1]
+
+
+TINY = ["--dataset=digits", "--resolution=32", "--depth=1", "--width=0.25", "--batch_size=16",
+        "--search_epochs=2", "--warmup_epochs=1", "--steps_per_epoch=6", "--board_size=3",
+        "--board_images=2", "--meta_interval=3", "--select_bn_batches=2", "--retrain_epochs=1",
+        "--retrain_batch_size=32", "--strategy=default", "--seed=1", "--model_name=tiny"]
+
+# Kills the process (no clean-up runs) when the int8 TFLite export starts, after the Keras file,
+# the SavedModel and the float TFLite file were written.
+KILL_AT_INT8 = """
+import os, signal
+from cream_tf import export as export_lib
+_tflite = export_lib.export_tflite
+def export_tflite(model, path, quantization=None, **kwargs):
+    if quantization == "int8":
+        os.kill(os.getpid(), signal.SIGKILL)
+    return _tflite(model, path, quantization, **kwargs)
+export_lib.export_tflite = export_tflite
+"""
+
+
+@pytest.mark.slow
+def test_each_mode_in_turn_and_a_killed_export_resumes(tmp_path):
+    workdir = tmp_path / "w"
+    common = [f"--workdir={workdir}", *TINY]
+
+    searched = run(["--mode=search", *common], tmp_path)
+    assert searched.returncode == 0, searched.stderr[-4000:]
+    assert read(workdir / "search" / "board.json")
+    assert not (workdir / "select").exists() and not (workdir / "retrain").exists()
+
+    selected = run(["--mode=select", *common], tmp_path)
+    assert selected.returncode == 0, selected.stderr[-4000:]
+    chosen = read(workdir / "select" / "selection.json")["best"]
+    assert chosen["in_range"] and chosen["accuracy"] is not None
+
+    retrained = run(["--mode=retrain", *common], tmp_path)
+    assert retrained.returncode == 0, retrained.stderr[-4000:]
+    result = read(workdir / "retrain" / "result.json")
+    assert (workdir / "retrain" / "final.keras").is_file()
+
+    export = workdir / "export"
+    killed = run(["--mode=export", *common], tmp_path, prelude=KILL_AT_INT8)
+    assert killed.returncode == -9, killed.stderr[-4000:]
+    assert (export / "tiny.keras").is_file() and (export / "tiny.tflite").is_file()
+    assert not (export / "tiny_int8.tflite").exists()
+    assert not (export / "export_report.json").exists()
+    assert not [n for n in os.listdir(export) if n.endswith(".tmp") or ".work-" in n]
+    kept = os.stat(export / "tiny.keras").st_mtime_ns
+
+    # --mode=all picks up every finished phase and completes the interrupted export, keeping
+    # what the killed run had already written (no second SavedModel version).
+    resumed = run(["--mode=all", *common], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-4000:]
+    assert "kept" in resumed.stdout and "== summary" in resumed.stdout
+    assert "== retrain" not in resumed.stdout and "== select" not in resumed.stdout
+    assert os.stat(export / "tiny.keras").st_mtime_ns == kept
+    assert versions(export / "tiny") == [1]
+    report = read(export / "export_report.json")
+    assert os.path.isfile(report["tflite_int8"])
+    assert not (export / ".export_progress.json").exists()
+    assert read(workdir / "retrain" / "result.json") == result
+    assert read(workdir / "select" / "selection.json")["best"] == chosen
+
+    # Exporting again without --overwrite: one-line error, exit 2, nothing written.
+    listing = sorted(os.listdir(export))
+    again = run(["--mode=export", *common], tmp_path)
+    assert again.returncode == 2, again.stderr[-4000:]
+    errors = [l for l in again.stderr.splitlines() if l.startswith("run.py: error:")]
+    assert len(errors) == 1 and "already exists" in errors[0] and "--overwrite" in errors[0]
+    assert sorted(os.listdir(export)) == listing
