@@ -408,8 +408,8 @@ class SearchSteps:
                 x = board_images[i * self.n:(i + 1) * self.n].contiguous(memory_format=self.fmt)
                 probs = F.softmax(self.net(x, path), dim=1)
                 score = self.matching((probs - board_probs[i]).reshape(1, -1))
-                if float(score) > best:
-                    best, index = float(score), i
+                if score.item() > best:
+                    best, index = score.item(), i
             return index, torch.sigmoid(-score).reshape(())
         with torch.no_grad():
             x = board_images.contiguous(memory_format=self.fmt)
