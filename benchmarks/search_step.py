@@ -45,6 +45,17 @@ flags.DEFINE_bool("jit_compile", False, "XLA for the train steps (single device)
 flags.DEFINE_string("dataset", "digits", "dataset for (d): digits or synthetic")
 flags.DEFINE_integer("matmul_size", 2048, "size of the float32 matmul measuring the MAC rate")
 flags.DEFINE_list("parts", "floor,plain,cream,meta,input", "what to measure")
+flags.DEFINE_integer("accuracy_steps", 0, "after timing, train this many CE steps on the dataset "
+                     "(random paths, learning rate --accuracy_lr) and report the held-out "
+                     "accuracy of --accuracy_paths inherited paths: the accuracy effect of "
+                     "--mixed_precision / --jit_compile (0 = skip)")
+flags.DEFINE_float("accuracy_lr", 0.0625, "learning rate of the search step (it only matters "
+                   "for --accuracy_steps; small.flags: 2.0 per 1024 images = 0.0625 at 32)")
+flags.DEFINE_integer("accuracy_paths", 5, "paths evaluated after --accuracy_steps")
+
+
+STARTED = time.perf_counter()
+INITIAL_WEIGHTS = []
 
 
 def _peak_rss_mb():
@@ -77,7 +88,6 @@ def main(argv):
     import tensorflow as tf
 
     from cream_tf import data as data_lib
-    from cream_tf import flops
     from cream_tf import trainer
     from cream_tf.space import Space
 
@@ -90,12 +100,12 @@ def main(argv):
         extra["mixed_precision"] = FLAGS.mixed_precision
     config = trainer.SearchConfig(epochs=1, steps_per_epoch=10 ** 6, warmup_epochs=0,
                                   batch_size=b, board_size=k, board_images=n,
-                                  meta_interval=FLAGS.meta_interval, learning_rate=0.1,
+                                  meta_interval=FLAGS.meta_interval,
+                                  learning_rate=FLAGS.accuracy_lr,
                                   jit_compile=FLAGS.jit_compile, verbose=0, **extra)
     strategy = tf.distribute.get_strategy()
     sampler = trainer.Sampler(space, config.prior, config.skip_prob, config.macs_range,
                               config.seed)
-    table = flops.cost_table(space)
     load = os.getloadavg()
     rows = {}
     print(f"space={space.name} depth={FLAGS.depth} resolution={space.resolution} "
@@ -105,6 +115,7 @@ def main(argv):
     rate = mac_rate(tf, FLAGS.matmul_size) if "floor" in parts else None
     state = trainer._SearchState(space, config, strategy)
     steps = trainer._StepFunctions(state)
+    INITIAL_WEIGHTS[:] = [tf.identity(v) for v in state.supernet.weights]
     board = state.board
     r = space.resolution
     rng = np.random.default_rng(0)
@@ -184,7 +195,38 @@ def main(argv):
               f"= {share:.1%} of the total")
     if "input" in results and "cream" in results:
         print(f"input pipeline / cream step consumption: {results['cream'] / results['input']:.1f}x")
-    print(f"load average after: {os.getloadavg()[0]:.2f}")
+    if FLAGS.accuracy_steps:
+        accuracy = short_run_accuracy(state, steps, sampler, space, b, tf, np)
+        print(f"accuracy after {FLAGS.accuracy_steps} steps on {FLAGS.dataset}: mean "
+              f"{np.mean(accuracy):.2f}% over {len(accuracy)} inherited paths "
+              f"({', '.join(f'{a:.1f}' for a in accuracy)})")
+    print(f"load average after: {os.getloadavg()[0]:.2f}; wall time "
+          f"{time.perf_counter() - STARTED:.0f} s")
+
+
+def short_run_accuracy(state, steps, sampler, space, b, tf, np):
+    """Trains the supernet from scratch for --accuracy_steps CE steps on real data with the same
+    step function, then scores fixed paths on held-out data (BN statistics re-estimated)."""
+    from cream_tf import data as data_lib
+    from cream_tf import select as select_lib
+
+    for v, w in zip(state.supernet.weights, INITIAL_WEIGHTS):
+        v.assign(w)
+    for m in state.path_optimizer.momentums:
+        m.assign(tf.zeros_like(m))
+    splits, info = data_lib.load(FLAGS.dataset, space.resolution)
+    train_ds, val_ds = data_lib.search_inputs(splits, info, space.resolution, seed=0)
+    total = FLAGS.accuracy_steps
+    batches = iter(train_ds.batch(b, drop_remainder=True).prefetch(2))
+    for i in range(total):
+        x, y = next(batches)
+        out = steps.warmup(x, y, tf.constant(sampler.sample(10 ** 7 + i), tf.int32))
+        if not np.isfinite(float(out["loss"].numpy())):
+            print(f"  non-finite loss at accuracy step {i}")
+    bn_train = data_lib.eval_pipeline(splits.train, space.resolution)
+    return [select_lib.evaluate_path(space, state.supernet, sampler.sample(2 * 10 ** 7 + j),
+                                     bn_train, val_ds, bn_batches=5, batch_size=b)
+            for j in range(FLAGS.accuracy_paths)]
 
 
 if __name__ == "__main__":

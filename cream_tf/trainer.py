@@ -83,6 +83,10 @@ def poison_gradients(grads, finite):
     return [None if g is None else g + tf.cast(offset, g.dtype) for g in grads]
 
 
+def _first_is_finite(gradient):
+    return tf.math.is_finite(tf.reshape(gradient, [-1])[0])
+
+
 class PathSGD(keras.optimizers.SGD):
     """SGD (Nesterov) that updates only the variables of the current path.
 
@@ -136,25 +140,66 @@ class PathSGD(keras.optimizers.SGD):
             gradient = gradient + tf.cast(self.l2, gradient.dtype) * tf.cast(variable,
                                                                              gradient.dtype)
         # A step with a non-finite loss or gradient anywhere arrives with every gradient NaN
-        # (`poison_gradients`), so this per-variable test is the step's global decision.
-        active = tf.reduce_all(tf.math.is_finite(gradient))
+        # (`poison_gradients`), so one element of any gradient is the step's global decision.
+        active = _first_is_finite(gradient)
         if layer >= 0 and self.freeze_inactive:
             path = self.path.value if isinstance(self.path, keras.Variable) else self.path
             active = tf.logical_and(active, tf.equal(path[layer], op))
         # Keras SGD's arithmetic, then a select: no tf.cond per variable (hundreds of conds made
         # tracing the step take minutes), and a skipped variable and its momentum are written
         # back bit-identical.
+        self._sgd(gradient, variable, learning_rate, active, l2_applied=True)
+
+    def _sgd(self, gradient, variable, learning_rate, active=None, l2_applied=False):
+        """Keras SGD's arithmetic (plus the coupled L2 unless `l2_applied`); with `active`, a
+        select writes a skipped variable and its momentum back bit-identical."""
+        index = self._get_variable_index(variable)
+        if not l2_applied and self.l2 and self._decayed[index]:
+            gradient = gradient + tf.cast(self.l2, gradient.dtype) * tf.cast(variable,
+                                                                             gradient.dtype)
+        pick = (lambda new, old: new) if active is None else (
+            lambda new, old: tf.where(active, new, old))
         lr = tf.cast(learning_rate, variable.dtype)
         gradient = tf.cast(gradient, variable.dtype)
         if self.momentum == 0:
-            self.assign(variable, tf.where(active, variable - gradient * lr, variable))
+            self.assign(variable, pick(variable - gradient * lr, variable))
             return
         m = self.momentums[index]
         momentum = tf.cast(self.momentum, variable.dtype)
         new_m = m * momentum - gradient * lr
         step = new_m * momentum - gradient * lr if self.nesterov else new_m
-        self.assign(m, tf.where(active, new_m, m))
-        self.assign(variable, tf.where(active, variable + step, variable))
+        self.assign(m, pick(new_m, m))
+        self.assign(variable, pick(variable + step, variable))
+
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        """On one device: one tf.cond per branch, so only the path's variables are computed on.
+
+        The per-variable select of `update_step` computes the SGD arithmetic of every variable of
+        the supernet each step (about 20 ops per variable, most of the step's time for small
+        networks). Without a distribution strategy the variables of each (layer, op) branch share
+        one tf.cond (about 60 conds for the release's space, not one per variable, which made
+        tracing take minutes), with the same arithmetic. Under a strategy every
+        variable's update must go through `distribution.extended.update`, so the select stays.
+        """
+        if tf.distribute.has_strategy() or not self.freeze_inactive or not tf.inside_function():
+            return super()._backend_update_step(grads, trainable_variables, learning_rate)
+        pairs = [(g, v) for g, v in zip(grads, trainable_variables) if g is not None]
+        if not pairs:
+            return
+        finite = _first_is_finite(pairs[0][0])  # poisoned steps have every gradient NaN
+        path = self.path.value if isinstance(self.path, keras.Variable) else self.path
+        groups = {}
+        for g, v in pairs:
+            groups.setdefault(self._owners[self._get_variable_index(v)], []).append((g, v))
+        for (layer, op), members in groups.items():
+            active = finite if layer < 0 else tf.logical_and(finite, tf.equal(path[layer], op))
+
+            def update(members=members):
+                for g, v in members:
+                    self._sgd(g, v, learning_rate)
+                return tf.constant(True)
+
+            tf.cond(active, update, lambda: tf.constant(False))
 
     def get_config(self):
         config = super().get_config()
