@@ -79,6 +79,9 @@ _RETRAIN_EPOCHS = flags.DEFINE_integer("retrain_epochs", 500, "Retraining epochs
 _RETRAIN_BATCH_SIZE = flags.DEFINE_integer("retrain_batch_size", 128, "Retraining batch size.")
 _RETRAIN_LR = flags.DEFINE_float("retrain_lr", 0.064, "Retraining learning rate per 1024 images, "
                                  "scaled linearly by --retrain_batch_size.")
+_RETRAIN_WARMUP_EPOCHS = flags.DEFINE_float("retrain_warmup_epochs", 3.0, "Epochs of linear "
+                                             "learning-rate warm-up before the cosine decay; "
+                                             "below --retrain_epochs.")
 _RETRAIN_DROPOUT = flags.DEFINE_float("retrain_dropout", 0.2, "Dropout before the classifier.")
 _EMA_DECAY = flags.DEFINE_float("ema_decay", 0.9999, "Weight EMA of the retrained network "
                                 "(0 = off).")

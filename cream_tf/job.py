@@ -67,6 +67,10 @@ def validate(flag_values) -> Settings:
                              f"({values['flops_max']}M)")
     if not 0 <= values["retrain_dropout"] < 1:
         raise cli.UsageError(f"--retrain_dropout must be in [0, 1), got {values['retrain_dropout']}")
+    if values["retrain_epochs"] and not (
+            0 <= values["retrain_warmup_epochs"] < values["retrain_epochs"]):
+        raise cli.UsageError(f"--retrain_warmup_epochs ({values['retrain_warmup_epochs']}) must "
+                             f"be in [0, --retrain_epochs={values['retrain_epochs']})")
     if not 0 <= values["ema_decay"] < 1:
         raise cli.UsageError(f"--ema_decay must be in [0, 1), got {values['ema_decay']}")
     if values["num_classes"] == 1:
@@ -274,16 +278,23 @@ class Job:
                 raise cli.UsageError(f"--arch: {e}") from None
         return arch_lib.path_to_arch(self.selection()["best"]["path"], space)
 
+    def _retrain_config(self, retrain_lib):
+        lr = self.s.retrain_lr * self.s.retrain_batch_size / 1024
+        return retrain_lib.RetrainConfig(
+            epochs=self.s.retrain_epochs, batch_size=self.s.retrain_batch_size, lr=lr,
+            dropout=self.s.retrain_dropout, ema_decay=self.s.ema_decay, seed=self.s.seed,
+            warmup_epochs=self.s.retrain_warmup_epochs)
+
     def retrain(self):
         from cream_tf import retrain as retrain_lib
 
         splits, info = self.data()
         space = self.space
         arch = self.architecture()
-        lr = self.s.retrain_lr * self.s.retrain_batch_size / 1024
-        config = retrain_lib.RetrainConfig(
-            epochs=self.s.retrain_epochs, batch_size=self.s.retrain_batch_size, lr=lr,
-            dropout=self.s.retrain_dropout, ema_decay=self.s.ema_decay, seed=self.s.seed)
+        try:
+            config = self._retrain_config(retrain_lib)
+        except ValueError as e:
+            raise cli.UsageError(f"retrain settings: {e}") from None
         _announce(f"retrain: {arch.to_paper()} for {config.epochs} epochs")
         workdir, scratch = self.retrain_dir, None
         if not _is_chief(self.strategy):

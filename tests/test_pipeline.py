@@ -78,6 +78,7 @@ def test_small_flags_end_to_end_with_fewer_steps(tmp_path):
 TINY = ["--dataset=digits", "--resolution=32", "--depth=1", "--width=0.25", "--batch_size=16",
         "--search_epochs=2", "--warmup_epochs=1", "--steps_per_epoch=6", "--board_size=3",
         "--board_images=2", "--meta_interval=3", "--select_bn_batches=2", "--retrain_epochs=1",
+        "--retrain_warmup_epochs=0",
         "--retrain_batch_size=32", "--strategy=default", "--seed=1", "--model_name=tiny"]
 
 # Kills the process (no clean-up runs) when the int8 TFLite export starts, after the Keras file,

@@ -367,6 +367,7 @@ def test_kill_9_then_rerun_ends_like_an_uninterrupted_run(tmp_path, uninterrupte
 def test_retrain_sigterm_then_kill_9_resume_and_finish(tmp_path):
     workdir = str(tmp_path / "w")
     extra = ["--mode=retrain", "--arch=" + GOOD_ARCH.format("MB4 3x3"), "--retrain_epochs=3",
+             "--retrain_warmup_epochs=1",
              "--retrain_batch_size=8", "--ema_decay=0.9"]
 
     def retrain(at_step=0, signum=0):

@@ -41,6 +41,8 @@ BAD = [
     (["--batch_size=-4"], "--batch_size must be > 0", ""),
     (["--flops_min=50", "--flops_max=10"], "--flops_min (50.0M) is above --flops_max (10.0M)", ""),
     (["--resolution=16"], "resolution must be an int >= 32", ""),
+    (["--retrain_epochs=2"], "--retrain_warmup_epochs (3.0) must be in [0, --retrain_epochs=2)",
+     ""),
     (["--depth=2,2"], "depth must be one int or 5 ints", ""),
     (["--depth=x"], "--depth takes one int or five", ""),
     (["--mode=retrain", "--arch=DS | MB9 3x3"], "--arch: ", "expected"),

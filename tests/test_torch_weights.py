@@ -1,5 +1,6 @@
-"""Release checkpoints -> Keras: a PyTorch network of the release's layout, written here in
-torch.nn, saved as the release saves it, loaded into our zoo/child models; logits must agree."""
+"""Release checkpoints -> Keras: a PyTorch network of the release's layout (torch.nn, in
+benchmarks/torch_release.py, shared with the PyTorch step benchmark), saved as the release saves
+it, loaded into our zoo/child models; logits must agree."""
 import os
 import sys
 
@@ -8,139 +9,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
-F = torch.nn.functional
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.torch_release import TorchChild  # noqa: E402  the release's layout in torch.nn
 from cream_tf import arch as arch_lib  # noqa: E402
 from cream_tf import child, torch_weights, zoo  # noqa: E402
-from cream_tf.space import Space, make_divisible  # noqa: E402
-
-
-# ---------------------------------------------------------------------------------------------
-# The release's layout in torch.nn (names as in its checkpoints, CREAM_SPEC sections 2 and 5)
-
-def _pad(k, s):
-    return ((s - 1) + (k - 1)) // 2
-
-
-def _bn(c):
-    return nn.BatchNorm2d(c, eps=1e-5, momentum=0.1)
-
-
-def hard_sigmoid(x):
-    return F.relu6(x + 3.0) / 6.0
-
-
-class SqueezeExcite(nn.Module):
-    def __init__(self, channels):
-        super().__init__()
-        reduced = make_divisible(channels * 0.25)
-        self.conv_reduce = nn.Conv2d(channels, reduced, 1, bias=True)
-        self.conv_expand = nn.Conv2d(reduced, channels, 1, bias=True)
-
-    def forward(self, x):
-        s = x.mean((2, 3), keepdim=True)
-        s = self.conv_expand(F.relu(self.conv_reduce(s)))
-        return x * hard_sigmoid(s)
-
-
-class DepthwiseSeparable(nn.Module):
-    def __init__(self, cin, cout, stride):
-        super().__init__()
-        self.conv_dw = nn.Conv2d(cin, cin, 3, stride, _pad(3, stride), groups=cin, bias=False)
-        self.bn1 = _bn(cin)
-        self.se = SqueezeExcite(cin)
-        self.conv_pw = nn.Conv2d(cin, cout, 1, bias=False)
-        self.bn2 = _bn(cout)
-        self.residual = stride == 1 and cin == cout
-
-    def forward(self, x):
-        y = F.silu(self.bn1(self.conv_dw(x)))
-        y = self.bn2(self.conv_pw(self.se(y)))
-        return y + x if self.residual else y
-
-
-class InvertedResidual(nn.Module):
-    def __init__(self, cin, cout, k, e, stride):
-        super().__init__()
-        mid = cin * e
-        self.conv_pw = nn.Conv2d(cin, mid, 1, bias=False)
-        self.bn1 = _bn(mid)
-        self.conv_dw = nn.Conv2d(mid, mid, k, stride, _pad(k, stride), groups=mid, bias=False)
-        self.bn2 = _bn(mid)
-        self.se = SqueezeExcite(mid)
-        self.conv_pwl = nn.Conv2d(mid, cout, 1, bias=False)
-        self.bn3 = _bn(cout)
-        self.residual = stride == 1 and cin == cout
-
-    def forward(self, x):
-        y = F.silu(self.bn1(self.conv_pw(x)))
-        y = F.silu(self.bn2(self.conv_dw(y)))
-        y = self.bn3(self.conv_pwl(self.se(y)))
-        return y + x if self.residual else y
-
-
-class Bottleneck(nn.Module):
-    def __init__(self, cin, cout, k, stride):
-        super().__init__()
-        mid = int(cout / 4)
-        self.conv1 = nn.Conv2d(cin, mid, 1, bias=True)
-        self.bn1 = _bn(mid)
-        self.conv2 = nn.Conv2d(mid, mid, k, stride, _pad(k, stride), bias=True)
-        self.bn2 = _bn(mid)
-        self.conv3 = nn.Conv2d(mid, cout, 1, bias=True)
-        self.bn3 = _bn(cout)
-        self.downsample = None
-        if cin != cout or stride != 1:
-            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=True), _bn(cout))
-
-    def forward(self, x):
-        y = F.relu(self.bn1(self.conv1(x)))
-        y = F.relu(self.bn2(self.conv2(y)))
-        y = self.bn3(self.conv3(y))
-        shortcut = x if self.downsample is None else self.downsample(x)
-        return F.relu(y + shortcut)
-
-
-class ConvBnAct(nn.Module):
-    def __init__(self, cin, cout, k, stride):
-        super().__init__()
-        self.conv = nn.Conv2d(cin, cout, k, stride, _pad(k, stride), bias=False)
-        self.bn1 = _bn(cout)
-
-    def forward(self, x):
-        return F.silu(self.bn1(self.conv(x)))
-
-
-class TorchChild(nn.Module):
-    def __init__(self, arch, space):
-        super().__init__()
-        self.conv_stem = nn.Conv2d(3, space.stem_channels, 3, 2, _pad(3, 2), bias=False)
-        self.bn1 = _bn(space.stem_channels)
-        stages = [nn.Sequential(DepthwiseSeparable(space.stem_channels, space.ds_channels,
-                                                   space.ds_stride))]
-        cin = space.ds_channels
-        for ops, cout, stride in zip(arch.stages, space.stage_channels, space.stage_strides):
-            blocks = []
-            for b, op in enumerate(ops):
-                s = stride if b == 0 else 1
-                if op.kind == "ir":
-                    blocks.append(InvertedResidual(cin, cout, op.kernel, op.expansion, s))
-                elif op.kind == "res":
-                    blocks.append(Bottleneck(cin, cout, op.kernel, s))
-                else:
-                    blocks.append(ConvBnAct(cin, cout, op.kernel, s))
-                cin = cout
-            stages.append(nn.Sequential(*blocks))
-        stages.append(nn.Sequential(ConvBnAct(cin, space.final_channels, 1, 1)))
-        self.blocks = nn.Sequential(*stages)
-        self.conv_head = nn.Conv2d(space.final_channels, space.head_channels, 1, bias=True)
-        self.classifier = nn.Linear(space.head_channels, space.num_classes)
-
-    def forward(self, x):
-        x = F.silu(self.bn1(self.conv_stem(x)))
-        x = self.blocks(x)
-        x = F.silu(self.conv_head(x.mean((2, 3), keepdim=True)))
-        return self.classifier(x.flatten(1))
+from cream_tf.space import Space  # noqa: E402
 
 
 def randomize(net, seed):
