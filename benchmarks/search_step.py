@@ -42,9 +42,14 @@ flags.DEFINE_integer("meta_interval", 200, "steps between meta updates (amortisa
 flags.DEFINE_enum("mixed_precision", "none", ["none", "mixed_bfloat16", "mixed_float16"],
                   "Keras dtype policy of the supernet")
 flags.DEFINE_bool("jit_compile", False, "XLA for the train steps (single device)")
+flags.DEFINE_enum("trace_meta", "auto", ["auto", "true", "false"], "trace the meta step "
+                  "(auto: SearchConfig's rule, traced for a search with >= 100 meta updates, as "
+                  "this benchmark's endless one)")
 flags.DEFINE_string("dataset", "digits", "dataset for (d): digits or synthetic")
 flags.DEFINE_integer("matmul_size", 2048, "size of the float32 matmul measuring the MAC rate")
 flags.DEFINE_list("parts", "floor,plain,cream,meta,input", "what to measure")
+flags.DEFINE_integer("threads", 0, "TensorFlow intra-op threads (0 = TensorFlow's default, one "
+                     "per core); torch_release_step.py has the same flag")
 flags.DEFINE_integer("accuracy_steps", 0, "after timing, train this many CE steps on the dataset "
                      "(random paths, learning rate --accuracy_lr) and report the held-out "
                      "accuracy of --accuracy_paths inherited paths: the accuracy effect of "
@@ -87,6 +92,9 @@ def main(argv):
     import numpy as np
     import tensorflow as tf
 
+    if FLAGS.threads:
+        tf.config.threading.set_intra_op_parallelism_threads(FLAGS.threads)
+
     from cream_tf import data as data_lib
     from cream_tf import trainer
     from cream_tf.space import Space
@@ -102,7 +110,9 @@ def main(argv):
                                   batch_size=b, board_size=k, board_images=n,
                                   meta_interval=FLAGS.meta_interval,
                                   learning_rate=FLAGS.accuracy_lr,
-                                  jit_compile=FLAGS.jit_compile, verbose=0, **extra)
+                                  jit_compile=FLAGS.jit_compile, verbose=0,
+                                  trace_meta={"auto": None, "true": True,
+                                              "false": False}[FLAGS.trace_meta], **extra)
     strategy = tf.distribute.get_strategy()
     sampler = trainer.Sampler(space, config.prior, config.skip_prob, config.macs_range,
                               config.seed)
@@ -110,7 +120,8 @@ def main(argv):
     rows = {}
     print(f"space={space.name} depth={FLAGS.depth} resolution={space.resolution} "
           f"width={space.width} batch={b} board={k}x{n} mixed_precision={FLAGS.mixed_precision} "
-          f"jit={FLAGS.jit_compile} | nproc={os.cpu_count()} load={load[0]:.2f}", flush=True)
+          f"jit={FLAGS.jit_compile} threads={FLAGS.threads or 'default'} | nproc={os.cpu_count()} "
+          f"load={load[0]:.2f}", flush=True)
 
     rate = mac_rate(tf, FLAGS.matmul_size) if "floor" in parts else None
     state = trainer._SearchState(space, config, strategy)
@@ -165,7 +176,12 @@ def main(argv):
         rows["cream"] = _peak_rss_mb()
         print(f"  cream: {results['cream'] * 1e3:.1f} ms/step", flush=True)
     if "meta" in parts:
-        results["meta"], _ = _median_time(meta, FLAGS.meta_steps, 1)
+        start = time.perf_counter()
+        meta(0)
+        first = time.perf_counter() - start
+        print(f"  meta: first update {first:.1f} s ({'traced' if config.meta_traced else 'eager'})",
+              flush=True)
+        results["meta"], _ = _median_time(meta, FLAGS.meta_steps, 0)
         rows["meta"] = _peak_rss_mb()
         print(f"  meta: {results['meta'] * 1e3:.1f} ms/update", flush=True)
     traces = {"step": steps.step.experimental_get_tracing_count()}

@@ -245,6 +245,7 @@ class SearchConfig:
     jit_compile: bool = False          # XLA for the step; single-device only
     max_bad_steps: int = 20            # stop after this many non-finite steps in a row
     mixed_precision: str | None = None  # None, 'mixed_bfloat16' or 'mixed_float16' (loss scaling)
+    trace_meta: bool | None = None     # None: traced iff the search makes >= 100 meta updates
 
     def __post_init__(self):
         ints = ("epochs", "steps_per_epoch", "batch_size", "board_size", "board_images",
@@ -271,6 +272,16 @@ class SearchConfig:
             raise ValueError(f"SearchConfig.mixed_precision must be one of "
                              f"{', '.join(map(str, MIXED_PRECISION))}, got "
                              f"{self.mixed_precision!r}")
+
+    @property
+    def meta_traced(self) -> bool:
+        """Tracing the meta step costs minutes once (every branch, forward and backward, twice)
+        and then makes each update ~20x cheaper than eager execution: worth it for long
+        searches, not for a few updates."""
+        if self.trace_meta is not None:
+            return bool(self.trace_meta)
+        distill_steps = self.total_steps - self.warmup_steps
+        return distill_steps // self.meta_interval >= 100
 
     @property
     def total_steps(self) -> int:
@@ -598,10 +609,11 @@ class _StepFunctions:
         # One traced step serves warm-up and distillation (a bool tensor picks, via tf.cond): the
         # graph holds every branch of every layer, so each trace costs a lot of start-up time.
         self.step = tf.function(self._train, jit_compile=jit)
-        # The meta step runs eagerly: eager tf.switch_case runs only the taken branch, so its
-        # second-order gradient covers the path's ops only. Traced, it differentiates twice
-        # through every branch of every layer, which takes minutes to build even for tiny spaces;
-        # it runs once every meta_interval steps, so eager overhead does not matter.
+        # The meta step: traced for long searches (one trace of minutes, then ~0.15 s per update
+        # at small.flags settings), eager for short ones (eager tf.switch_case runs only the taken
+        # branch: no trace, ~3 s per update). See SearchConfig.meta_traced.
+        self._meta_step = (tf.function(self._meta_replicas, jit_compile=jit)
+                           if config.meta_traced else self._meta_replicas)
         self.meta = self._meta
 
     @staticmethod
@@ -686,6 +698,10 @@ class _StepFunctions:
                 "teacher": self.strategy.experimental_local_results(index)[0]}
 
     def _meta(self, images, labels, val_images, val_labels, path):
+        return bool(self._meta_step(images, labels, val_images, val_labels, path).numpy())
+
+    def _meta_replicas(self, images, labels, val_images, val_labels, path):
+        """One meta-gradient update of the matching network; returns 1 if it was applied."""
         cfg, board = self.config, self.board
         m = cfg.meta_slice
 
@@ -699,11 +715,11 @@ class _StepFunctions:
                 self.supernet, path, self.matching, board.images, board.probs, board.size,
                 x, y, vx, vy, lr, cfg.label_smoothing, m * self.replicas,
                 board_paths=board.paths)
-            # eager: the all-reduced decision is the same Python bool on every replica
-            finite = bool(step_is_finite(tf.constant(0.0), grads).numpy())
-            if finite:
-                self.meta_optimizer.apply(grads, self.matching.trainable_variables)
-            return tf.constant(int(finite))
+            finite = step_is_finite(tf.constant(0.0), grads)  # the same on every replica
+            # M's optimizer is plain SGD: a zero gradient leaves it bit-identical
+            grads = [tf.where(finite, g, tf.zeros_like(g)) for g in grads]
+            self.meta_optimizer.apply(grads, self.matching.trainable_variables)
+            return tf.cast(finite, tf.int32)
 
         finite = self.strategy.run(replica_fn, args=(images, labels, val_images, val_labels))
-        return bool(self.strategy.experimental_local_results(finite)[0].numpy())
+        return self.strategy.experimental_local_results(finite)[0]

@@ -111,11 +111,16 @@ def test_off_path_ops_stay_bit_identical_and_one_trace_serves_all_paths():
 
 @pytest.mark.slow
 def test_two_replicas_step_like_one_device():
-    """Loss scaling: one warm-up step on 2 replicas moves trainable weights as one device does."""
+    """Loss scaling: one warm-up step on 2 replicas moves trainable weights as one device does.
+
+    The two halves of the batch are the same 4 images: training-mode BatchNorm then sees the same
+    batch statistics on each replica (4 images) as on one device (8), so any difference comes
+    from how losses and gradients are scaled and reduced."""
     config = trainer.SearchConfig(epochs=1, steps_per_epoch=10, warmup_epochs=1, batch_size=8,
                                   learning_rate=0.5, seed=5)
-    x = tf.random.stateless_uniform([8, 32, 32, 3], seed=[3, 4])
-    y = tf.constant(np.arange(8) % 10, tf.int32)
+    half = tf.random.stateless_uniform([4, 32, 32, 3], seed=[3, 4])
+    x = tf.concat([half, half], axis=0)
+    y = tf.constant(np.arange(8) % 4, tf.int32)
     path = tf.constant([0, 3, 6, 2, 5, 1], tf.int32)
     results = []
     for strategy in (tf.distribute.get_strategy(), _mirrored()):
@@ -126,6 +131,41 @@ def test_two_replicas_step_like_one_device():
     assert results[0][0] == pytest.approx(results[1][0], rel=1e-5)
     for a, b in zip(results[0][1], results[1][1]):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.slow  # tracing the meta step takes minutes on 2 cores
+def test_traced_meta_update_equals_eager():
+    """SearchConfig.trace_meta: the traced meta update moves M exactly as the eager one does."""
+    x = tf.random.stateless_uniform([8, 32, 32, 3], seed=[7, 8])
+    y = tf.constant(np.arange(8) % 10, tf.int32)
+    rng = np.random.default_rng(0)
+    board_images = rng.normal(size=(3, 2, 32, 32, 3)).astype(np.float32)
+    board_probs = rng.dirichlet(np.ones(10), size=(3, 2)).astype(np.float32)
+    results = []
+    for traced in (False, True):
+        tf.keras.utils.set_random_seed(3)
+        config = trainer.SearchConfig(epochs=1, steps_per_epoch=10, warmup_epochs=0, batch_size=8,
+                                      board_size=3, board_images=2, meta_slice=2, seed=3,
+                                      trace_meta=traced)
+        assert config.meta_traced is traced
+        state = trainer._SearchState(TINY, config, tf.distribute.get_strategy())
+        sampler = trainer.Sampler(TINY, config.prior, None, None, 3)
+        for j in range(3):
+            path = sampler.sample(100 + j)
+            state.board.update(path, 90.0 - j, sampler.path_macs(path), board_images[j],
+                               board_probs[j])
+        steps = trainer._StepFunctions(state)
+        before = [v.numpy().copy() for v in state.matching.trainable_variables]
+        assert steps.meta(x, y, x[:2], y[:2], tf.constant(sampler.sample(0), tf.int32))
+        after = [v.numpy() for v in state.matching.trainable_variables]
+        assert any(not np.array_equal(a, b) for a, b in zip(after, before))
+        results.append(after)
+    for eager, traced in zip(*results):
+        np.testing.assert_allclose(traced, eager, rtol=1e-4, atol=1e-7)
+    # the rule of thumb: traced for long searches only
+    assert not trainer.SearchConfig(epochs=3, steps_per_epoch=40, meta_interval=20,
+                                    warmup_epochs=1).meta_traced
+    assert trainer.SearchConfig().meta_traced  # the release's ImageNet search
 
 
 class _Stop(Exception):
