@@ -147,6 +147,23 @@ def kendall_pvalue(x, y):
     return float(stats.kendalltau(x, y).pvalue)
 
 
+def settings_key(settings) -> str:
+    """A short stable hash of a settings dict or dataclass, for workdir names.
+
+    `trainer.search` resumes any workdir whose search signature matches, and the signature
+    leaves out e.g. the learning rate; `retrain.retrain` returns any finished run. Keying the
+    folders by every setting keeps a rerun with other settings from reusing stale results.
+    """
+    import dataclasses
+    import hashlib
+    import json
+
+    if dataclasses.is_dataclass(settings):
+        settings = dataclasses.asdict(settings)
+    text = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:8]
+
+
 def mean_std(values):
     """(mean, sample standard deviation, count); std is 0.0 for one value, NaN for none."""
     values = [float(v) for v in values if v is not None]
@@ -314,7 +331,8 @@ class _Bench:
         train_ds, val_ds = data_lib.search_inputs(self.splits, self.info, self.space.resolution,
                                                   seed=seed)
         return trainer.search(self.space, train_ds, val_ds,
-                              os.path.join(v["workdir"], f"seed{seed}", kind), config)
+                              os.path.join(v["workdir"], f"seed{seed}",
+                                           f"{kind}_{settings_key(config.to_dict())}"), config)
 
     def select(self, result) -> dict:
         from cream_tf import select as select_lib
@@ -361,10 +379,13 @@ class _Bench:
 
         from cream_tf import retrain as retrain_lib
 
+        config = self.retrain_config.replace(seed=seed)
+        flat = "".join(str(int(o)) for stage in path for o in stage)
+        # keyed by path and recipe: a rerun reuses a finished retraining only when both match
+        workdir = os.path.join(self.v["workdir"], f"retrain_{settings_key(config)}",
+                               f"{name}_{flat}")
         keras.utils.set_random_seed(seed)
-        result = retrain_lib.retrain(path, self.space, self.splits, self.info,
-                                     os.path.join(self.v["workdir"], "retrain", name),
-                                     self.retrain_config.replace(seed=seed))
+        result = retrain_lib.retrain(path, self.space, self.splits, self.info, workdir, config)
         keras.backend.clear_session()
         return {"test_accuracy": result.test_accuracy, "val_accuracy": result.val_accuracy}
 

@@ -121,6 +121,22 @@ def test_script_refuses_bad_flags_before_loading_anything(tmp_path):
     assert not os.path.exists(tmp_path / "w")
 
 
+def test_settings_key_is_stable_and_sees_every_setting():
+    import dataclasses
+
+    a = {"lr": 2.0, "seed": 0, "steps": 500}
+    assert sq.settings_key(a) == sq.settings_key({"steps": 500, "seed": 0, "lr": 2.0})
+    assert sq.settings_key(a) != sq.settings_key({**a, "lr": 0.5})
+    assert len(sq.settings_key(a)) == 8
+
+    @dataclasses.dataclass
+    class Config:
+        lr: float = 2.0
+
+    assert sq.settings_key(Config()) == sq.settings_key({"lr": 2.0})
+    assert sq.settings_key(Config()) != sq.settings_key(Config(lr=0.5))
+
+
 # -- the table -------------------------------------------------------------------------------------
 
 def test_table_rows_and_markdown():
