@@ -215,9 +215,11 @@ def test_resume_continues_exactly(tmp_path):
 def test_search_on_digits_finds_paths_better_than_random(tmp_path):
     space = Space("mbconv", depth=2, resolution=32, width=0.25, num_classes=10)
     train, held_out = digits()
-    config = trainer.SearchConfig(epochs=6, steps_per_epoch=50, warmup_epochs=2, batch_size=16,
+    # A supernet on random paths stays near chance for a few hundred steps before it learns
+    # (300 steps at batch 16 left the best board path at 11.6%), so this runs 1,000 at batch 32.
+    config = trainer.SearchConfig(epochs=10, steps_per_epoch=100, warmup_epochs=4, batch_size=32,
                                   learning_rate=0.1, board_size=5, board_images=2,
-                                  meta_interval=50, meta_slice=2, checkpoint_interval=100,
+                                  meta_interval=100, meta_slice=2, checkpoint_interval=500,
                                   log_interval=50, seed=0, verbose=0)
     train_ds, val_ds = _datasets(train, held_out)
     result = trainer.search(space, train_ds, val_ds, str(tmp_path), config, strategy=_mirrored())
@@ -226,7 +228,7 @@ def test_search_on_digits_finds_paths_better_than_random(tmp_path):
     assert int(result.board.size.numpy()) == config.board_size
     for name in ("board.json", "search.json"):
         assert os.path.exists(tmp_path / name)
-    assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).endswith("-300")
+    assert tf.train.latest_checkpoint(str(tmp_path / "checkpoints")).endswith("-1000")
     tags = set()
     for name in os.listdir(tmp_path / "logs"):
         for event in tf.compat.v1.train.summary_iterator(str(tmp_path / "logs" / name)):
@@ -244,8 +246,8 @@ def test_search_on_digits_finds_paths_better_than_random(tmp_path):
         random_acc.append(select_lib.evaluate_path(space, result.supernet, flat, plain_train,
                                                    val_ds, 5, 64))
     assert selection.best["accuracy"] > np.mean(random_acc), (selection.to_text(), random_acc)
-    # above chance (10 %) on held-out digits; a run of this test reached 19.4 % after 300 steps
-    assert selection.best["accuracy"] > 15
+    # far above chance (10 %) on held-out digits
+    assert selection.best["accuracy"] > 40
 
 
 def test_search_rejects_bad_input_early(tmp_path):
