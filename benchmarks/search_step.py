@@ -42,9 +42,25 @@ flags.DEFINE_integer("meta_interval", 200, "steps between meta updates (amortisa
 flags.DEFINE_enum("mixed_precision", "none", ["none", "mixed_bfloat16", "mixed_float16"],
                   "Keras dtype policy of the supernet")
 flags.DEFINE_bool("jit_compile", False, "XLA for the train steps (single device)")
+flags.DEFINE_enum("trace_meta", "auto", ["auto", "true", "false"], "trace the meta step "
+                  "(auto: SearchConfig's rule, traced for a search with >= 100 meta updates, as "
+                  "this benchmark's endless one)")
 flags.DEFINE_string("dataset", "digits", "dataset for (d): digits or synthetic")
 flags.DEFINE_integer("matmul_size", 2048, "size of the float32 matmul measuring the MAC rate")
 flags.DEFINE_list("parts", "floor,plain,cream,meta,input", "what to measure")
+flags.DEFINE_integer("threads", 0, "TensorFlow intra-op threads (0 = TensorFlow's default, one "
+                     "per core); torch_release_step.py has the same flag")
+flags.DEFINE_integer("accuracy_steps", 0, "after timing, train this many CE steps on the dataset "
+                     "(random paths, learning rate --accuracy_lr) and report the held-out "
+                     "accuracy of --accuracy_paths inherited paths: the accuracy effect of "
+                     "--mixed_precision / --jit_compile (0 = skip)")
+flags.DEFINE_float("accuracy_lr", 0.0625, "learning rate of the search step (it only matters "
+                   "for --accuracy_steps; small.flags: 2.0 per 1024 images = 0.0625 at 32)")
+flags.DEFINE_integer("accuracy_paths", 5, "paths evaluated after --accuracy_steps")
+
+
+STARTED = time.perf_counter()
+INITIAL_WEIGHTS = []
 
 
 def _peak_rss_mb():
@@ -76,8 +92,10 @@ def main(argv):
     import numpy as np
     import tensorflow as tf
 
+    if FLAGS.threads:
+        tf.config.threading.set_intra_op_parallelism_threads(FLAGS.threads)
+
     from cream_tf import data as data_lib
-    from cream_tf import flops
     from cream_tf import trainer
     from cream_tf.space import Space
 
@@ -90,21 +108,25 @@ def main(argv):
         extra["mixed_precision"] = FLAGS.mixed_precision
     config = trainer.SearchConfig(epochs=1, steps_per_epoch=10 ** 6, warmup_epochs=0,
                                   batch_size=b, board_size=k, board_images=n,
-                                  meta_interval=FLAGS.meta_interval, learning_rate=0.1,
-                                  jit_compile=FLAGS.jit_compile, verbose=0, **extra)
+                                  meta_interval=FLAGS.meta_interval,
+                                  learning_rate=FLAGS.accuracy_lr,
+                                  jit_compile=FLAGS.jit_compile, verbose=0,
+                                  trace_meta={"auto": None, "true": True,
+                                              "false": False}[FLAGS.trace_meta], **extra)
     strategy = tf.distribute.get_strategy()
     sampler = trainer.Sampler(space, config.prior, config.skip_prob, config.macs_range,
                               config.seed)
-    table = flops.cost_table(space)
     load = os.getloadavg()
     rows = {}
     print(f"space={space.name} depth={FLAGS.depth} resolution={space.resolution} "
           f"width={space.width} batch={b} board={k}x{n} mixed_precision={FLAGS.mixed_precision} "
-          f"jit={FLAGS.jit_compile} | nproc={os.cpu_count()} load={load[0]:.2f}", flush=True)
+          f"jit={FLAGS.jit_compile} threads={FLAGS.threads or 'default'} | nproc={os.cpu_count()} "
+          f"load={load[0]:.2f}", flush=True)
 
     rate = mac_rate(tf, FLAGS.matmul_size) if "floor" in parts else None
     state = trainer._SearchState(space, config, strategy)
     steps = trainer._StepFunctions(state)
+    INITIAL_WEIGHTS[:] = [tf.identity(v) for v in state.supernet.weights]
     board = state.board
     r = space.resolution
     rng = np.random.default_rng(0)
@@ -154,7 +176,12 @@ def main(argv):
         rows["cream"] = _peak_rss_mb()
         print(f"  cream: {results['cream'] * 1e3:.1f} ms/step", flush=True)
     if "meta" in parts:
-        results["meta"], _ = _median_time(meta, FLAGS.meta_steps, 1)
+        start = time.perf_counter()
+        meta(0)
+        first = time.perf_counter() - start
+        print(f"  meta: first update {first:.1f} s ({'traced' if config.meta_traced else 'eager'})",
+              flush=True)
+        results["meta"], _ = _median_time(meta, FLAGS.meta_steps, 0)
         rows["meta"] = _peak_rss_mb()
         print(f"  meta: {results['meta'] * 1e3:.1f} ms/update", flush=True)
     traces = {"step": steps.step.experimental_get_tracing_count()}
@@ -184,7 +211,38 @@ def main(argv):
               f"= {share:.1%} of the total")
     if "input" in results and "cream" in results:
         print(f"input pipeline / cream step consumption: {results['cream'] / results['input']:.1f}x")
-    print(f"load average after: {os.getloadavg()[0]:.2f}")
+    if FLAGS.accuracy_steps:
+        accuracy = short_run_accuracy(state, steps, sampler, space, b, tf, np)
+        print(f"accuracy after {FLAGS.accuracy_steps} steps on {FLAGS.dataset}: mean "
+              f"{np.mean(accuracy):.2f}% over {len(accuracy)} inherited paths "
+              f"({', '.join(f'{a:.1f}' for a in accuracy)})")
+    print(f"load average after: {os.getloadavg()[0]:.2f}; wall time "
+          f"{time.perf_counter() - STARTED:.0f} s")
+
+
+def short_run_accuracy(state, steps, sampler, space, b, tf, np):
+    """Trains the supernet from scratch for --accuracy_steps CE steps on real data with the same
+    step function, then scores fixed paths on held-out data (BN statistics re-estimated)."""
+    from cream_tf import data as data_lib
+    from cream_tf import select as select_lib
+
+    for v, w in zip(state.supernet.weights, INITIAL_WEIGHTS):
+        v.assign(w)
+    for m in state.path_optimizer.momentums:
+        m.assign(tf.zeros_like(m))
+    splits, info = data_lib.load(FLAGS.dataset, space.resolution)
+    train_ds, val_ds = data_lib.search_inputs(splits, info, space.resolution, seed=0)
+    total = FLAGS.accuracy_steps
+    batches = iter(train_ds.batch(b, drop_remainder=True).prefetch(2))
+    for i in range(total):
+        x, y = next(batches)
+        out = steps.warmup(x, y, tf.constant(sampler.sample(10 ** 7 + i), tf.int32))
+        if not np.isfinite(float(out["loss"].numpy())):
+            print(f"  non-finite loss at accuracy step {i}")
+    bn_train = data_lib.eval_pipeline(splits.train, space.resolution)
+    return [select_lib.evaluate_path(space, state.supernet, sampler.sample(2 * 10 ** 7 + j),
+                                     bn_train, val_ds, bn_batches=5, batch_size=b)
+            for j in range(FLAGS.accuracy_paths)]
 
 
 if __name__ == "__main__":

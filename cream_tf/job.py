@@ -279,9 +279,9 @@ class Job:
         return arch_lib.path_to_arch(self.selection()["best"]["path"], space)
 
     def _retrain_config(self, retrain_lib):
-        lr = self.s.retrain_lr * self.s.retrain_batch_size / 1024
         return retrain_lib.RetrainConfig(
-            epochs=self.s.retrain_epochs, batch_size=self.s.retrain_batch_size, lr=lr,
+            epochs=self.s.retrain_epochs, batch_size=self.s.retrain_batch_size,
+            lr=self.s.retrain_lr,  # per 1024 images: RetrainConfig scales it by the batch size
             dropout=self.s.retrain_dropout, ema_decay=self.s.ema_decay, seed=self.s.seed,
             warmup_epochs=self.s.retrain_warmup_epochs)
 

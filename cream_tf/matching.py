@@ -204,6 +204,12 @@ def _batch_sizes(global_batch_size):
     return global_batch_size, global_batch_size
 
 
+def _add(a, b):
+    if a is None:
+        return b
+    return a if b is None else a + b
+
+
 def meta_gradients(model, path, matching, board_images, board_probs, board_size,
                    x_kd, y_kd, x_val, y_val, lr, label_smoothing, global_batch_size,
                    *, board_paths=None, inner_loss: str = "kd", training: bool = True):
@@ -214,8 +220,9 @@ def meta_gradients(model, path, matching, board_images, board_probs, board_size,
     2. The teacher path (`board_paths[index]`) runs on `x_kd` without gradient.
     3. Inner loss on (x_kd, y_kd): 'kd' (default, the release) = rho * KD; 'cream' = the training
        loss (rho * KD + (2 - rho) * CE) / 2. Reduced with compute_average_loss.
-    4. Simulated SGD step over ALL the model's trainable weights, graph kept:
-       w' = w - lr * dL/dw. Under a tf.distribute strategy with several replicas the inner
+    4. Simulated SGD step over ALL the model's trainable weights: w' = w - lr * dL/dw. Its
+       derivative with respect to rho is exact and first-order (see the code), so no
+       second-order gradient is taken. Under a tf.distribute strategy with several replicas the inner
        gradient is all-reduced (SUM), so every replica steps to the same w' as one device on the
        global batch would; summing the returned per-replica gradients (as the optimizer's
        all-reduce does) then gives the exact global meta-gradient.
@@ -264,35 +271,55 @@ def meta_gradients(model, path, matching, board_images, board_probs, board_size,
     # 1-2: teacher choice and soft targets; constants with respect to M's weights except rho.
     student_probs = tf.stop_gradient(
         student_board_probs(lambda x: forward(weights, x, path), board_images, board_size))
-    with tf.GradientTape() as outer:  # watches M's variables only (the model runs stateless)
+    with tf.GradientTape() as rho_tape:  # watches M's variables only (the model runs stateless)
         index, rho, _ = select_teacher("meta", student_probs, board_probs, board_size, matching)
-        teacher_path = tf.cast(tf.gather(tf.convert_to_tensor(board_paths), index), path.dtype)
-        teacher_logits = tf.stop_gradient(forward(weights, x_kd, teacher_path))
-        # 3-4: inner loss and the simulated step, recorded by the outer tape.
-        with tf.GradientTape() as inner:
-            inner.watch(weights)
-            logits = _float(forward(weights, x_kd, path))
-            log_probs = tf.nn.log_softmax(logits, axis=-1)
-            r = tf.cast(rho, logits.dtype)
-            kd = _soft_ce(teacher_logits, log_probs)
-            if inner_loss == "kd":
-                per_example = r * kd
-            else:
-                ce = _smoothed_ce(tf.convert_to_tensor(y_kd), log_probs, label_smoothing)
-                per_example = (r * kd + (2 - r) * ce) / 2
-            loss = tf.nn.compute_average_loss(per_example, global_batch_size=gb_kd)
-        grads = inner.gradient(loss, weights)
-        used = [i for i, g in enumerate(grads) if g is not None]
-        context = tf.distribute.get_replica_context()
-        if context is not None and context.num_replicas_in_sync > 1 and used:
-            reduced = context.all_reduce(tf.distribute.ReduceOp.SUM, [grads[i] for i in used])
-            for i, g in zip(used, reduced):
-                grads[i] = g
-        stepped = [w if g is None else w - tf.cast(lr, w.dtype) * g
-                   for w, g in zip(weights, grads)]
-        # 5: held-out loss with the stepped weights.
+    drho = rho_tape.gradient(rho, matching.trainable_variables)
+    teacher_path = tf.cast(tf.gather(tf.convert_to_tensor(board_paths), index), path.dtype)
+    teacher_logits = tf.stop_gradient(forward(weights, x_kd, teacher_path))
+    # 3-4: the inner loss is linear in rho, L = rho * A + B ('kd': A = KD, B = 0; 'cream':
+    # A = (KD - CE) / 2, B = CE), so the simulated step w' = w - lr * dL/dw moves with rho along
+    # dw'/drho = -lr * dA/dw, and the chain rule gives the exact meta-gradient from first-order
+    # gradients only: dJ/dM = -lr * <dJ/dw', dA/dw> * drho/dM. No second-order tape: the update
+    # costs two backward passes instead of a backward through a backward.
+    with tf.GradientTape(persistent=inner_loss != "kd") as inner:
+        inner.watch(weights)
+        logits = _float(forward(weights, x_kd, path))
+        log_probs = tf.nn.log_softmax(logits, axis=-1)
+        kd = tf.nn.compute_average_loss(_soft_ce(teacher_logits, log_probs),
+                                        global_batch_size=gb_kd)
+        if inner_loss == "kd":
+            slope, offset = kd, None
+        else:
+            ce = tf.nn.compute_average_loss(
+                _smoothed_ce(tf.convert_to_tensor(y_kd), log_probs, label_smoothing),
+                global_batch_size=gb_kd)
+            slope, offset = (kd - ce) / 2, ce
+    r = tf.stop_gradient(tf.cast(rho, logits.dtype))
+    dslope = inner.gradient(slope, weights)  # dA/dw = d(dL/dw)/drho
+    if offset is None:
+        grads = [None if g is None else r * g for g in dslope]
+    else:
+        doffset = inner.gradient(offset, weights)
+        grads = [_add(None if a is None else r * a, b) for a, b in zip(dslope, doffset)]
+    used = [i for i, g in enumerate(grads) if g is not None]
+    context = tf.distribute.get_replica_context()
+    if context is not None and context.num_replicas_in_sync > 1 and used:
+        # every replica steps to the same w' as one device on the global batch would
+        both = context.all_reduce(tf.distribute.ReduceOp.SUM,
+                                  [grads[i] for i in used] + [dslope[i] for i in used])
+        for k, i in enumerate(used):
+            grads[i], dslope[i] = both[k], both[len(used) + k]
+    stepped = [w if g is None else w - tf.cast(lr, w.dtype) * g for w, g in zip(weights, grads)]
+    # 5: held-out loss with the stepped weights, and its gradient at w'.
+    with tf.GradientTape() as val_tape:
+        val_tape.watch(stepped)
         val_logits = _float(forward(stepped, x_val, path))
         val_ce = _smoothed_ce(tf.convert_to_tensor(y_val), tf.nn.log_softmax(val_logits, -1),
                               label_smoothing)
         val_loss = tf.nn.compute_average_loss(val_ce, global_batch_size=gb_val)
-    return outer.gradient(val_loss, matching.trainable_variables)
+    dval = val_tape.gradient(val_loss, stepped)
+    dtype = next((d.dtype for d in drho if d is not None), tf.float32)
+    terms = [tf.cast(tf.reduce_sum(a * tf.cast(b, a.dtype)), dtype)
+             for a, b in zip(dval, dslope) if a is not None and b is not None]
+    scale = -tf.cast(lr, dtype) * (tf.add_n(terms) if terms else tf.constant(0.0, dtype))
+    return [None if d is None else scale * d for d in drho]

@@ -65,6 +65,8 @@ class ChoiceLayer(keras.layers.Layer):
             inputs = keras.Input(shape, name=f"{prefix}_input")
             outputs = blocks.op_block(inputs, op, layer.out_channels, layer.stride, prefix)
             self.branches.append(keras.Model(inputs, outputs, name=prefix))
+        _track_for_checkpoints(self, ((f"o{o}", b) for o, b in zip(self.op_indices, self.branches)
+                                      if b is not None))
 
     def build(self, input_shape):
         # Branch models are built at construction (functional); nothing to create here.
@@ -85,6 +87,20 @@ class ChoiceLayer(keras.layers.Layer):
         s = self.spec
         out = -(-s.in_size // s.stride)
         return (input_shape[0], out, out, s.out_channels)
+
+
+def _track_for_checkpoints(owner, named_layers):
+    """Makes layers held in a list attribute checkpoint dependencies of `owner`.
+
+    Keras 3 tracks a list attribute of layers for its own weights (`owner.weights`, `.weights.h5`)
+    but as a `TrackedList`, which is no `tf.train.Checkpoint` dependency: without this,
+    `tf.train.Checkpoint(supernet=...)` silently skips the branches. Their trainable weights
+    still reach a search checkpoint through the optimizer, but their BatchNorm moving statistics
+    did not, so a resumed search continued with initial statistics for every branch trained
+    before the checkpoint.
+    """
+    for name, layer in named_layers:
+        owner._track_trackable(layer, name=name)
 
 
 def _fixed_models(space: Space, dropout: float):
@@ -127,6 +143,7 @@ class SuperNet(keras.Model):
         self.dropout = dropout
         self.stem_ds, self.final_head = _fixed_models(space, dropout)
         self.choices = [ChoiceLayer(space, l) for l in range(space.num_layers)]
+        _track_for_checkpoints(self, ((c.name, c) for c in self.choices))
         # Every branch is a functional model, built (variables created) when it was made; mark the
         # wrappers built so no call (and no trace of every branch) is needed here.
         for choice in self.choices:

@@ -83,6 +83,10 @@ def poison_gradients(grads, finite):
     return [None if g is None else g + tf.cast(offset, g.dtype) for g in grads]
 
 
+def _first_is_finite(gradient):
+    return tf.math.is_finite(tf.reshape(gradient, [-1])[0])
+
+
 class PathSGD(keras.optimizers.SGD):
     """SGD (Nesterov) that updates only the variables of the current path.
 
@@ -136,25 +140,66 @@ class PathSGD(keras.optimizers.SGD):
             gradient = gradient + tf.cast(self.l2, gradient.dtype) * tf.cast(variable,
                                                                              gradient.dtype)
         # A step with a non-finite loss or gradient anywhere arrives with every gradient NaN
-        # (`poison_gradients`), so this per-variable test is the step's global decision.
-        active = tf.reduce_all(tf.math.is_finite(gradient))
+        # (`poison_gradients`), so one element of any gradient is the step's global decision.
+        active = _first_is_finite(gradient)
         if layer >= 0 and self.freeze_inactive:
             path = self.path.value if isinstance(self.path, keras.Variable) else self.path
             active = tf.logical_and(active, tf.equal(path[layer], op))
         # Keras SGD's arithmetic, then a select: no tf.cond per variable (hundreds of conds made
         # tracing the step take minutes), and a skipped variable and its momentum are written
         # back bit-identical.
+        self._sgd(gradient, variable, learning_rate, active, l2_applied=True)
+
+    def _sgd(self, gradient, variable, learning_rate, active=None, l2_applied=False):
+        """Keras SGD's arithmetic (plus the coupled L2 unless `l2_applied`); with `active`, a
+        select writes a skipped variable and its momentum back bit-identical."""
+        index = self._get_variable_index(variable)
+        if not l2_applied and self.l2 and self._decayed[index]:
+            gradient = gradient + tf.cast(self.l2, gradient.dtype) * tf.cast(variable,
+                                                                             gradient.dtype)
+        pick = (lambda new, old: new) if active is None else (
+            lambda new, old: tf.where(active, new, old))
         lr = tf.cast(learning_rate, variable.dtype)
         gradient = tf.cast(gradient, variable.dtype)
         if self.momentum == 0:
-            self.assign(variable, tf.where(active, variable - gradient * lr, variable))
+            self.assign(variable, pick(variable - gradient * lr, variable))
             return
         m = self.momentums[index]
         momentum = tf.cast(self.momentum, variable.dtype)
         new_m = m * momentum - gradient * lr
         step = new_m * momentum - gradient * lr if self.nesterov else new_m
-        self.assign(m, tf.where(active, new_m, m))
-        self.assign(variable, tf.where(active, variable + step, variable))
+        self.assign(m, pick(new_m, m))
+        self.assign(variable, pick(variable + step, variable))
+
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        """On one device: one tf.cond per branch, so only the path's variables are computed on.
+
+        The per-variable select of `update_step` computes the SGD arithmetic of every variable of
+        the supernet each step (about 20 ops per variable, most of the step's time for small
+        networks). Without a distribution strategy the variables of each (layer, op) branch share
+        one tf.cond (about 60 conds for the release's space, not one per variable, which made
+        tracing take minutes), with the same arithmetic. Under a strategy every
+        variable's update must go through `distribution.extended.update`, so the select stays.
+        """
+        if tf.distribute.has_strategy() or not self.freeze_inactive or not tf.inside_function():
+            return super()._backend_update_step(grads, trainable_variables, learning_rate)
+        pairs = [(g, v) for g, v in zip(grads, trainable_variables) if g is not None]
+        if not pairs:
+            return
+        finite = _first_is_finite(pairs[0][0])  # poisoned steps have every gradient NaN
+        path = self.path.value if isinstance(self.path, keras.Variable) else self.path
+        groups = {}
+        for g, v in pairs:
+            groups.setdefault(self._owners[self._get_variable_index(v)], []).append((g, v))
+        for (layer, op), members in groups.items():
+            active = finite if layer < 0 else tf.logical_and(finite, tf.equal(path[layer], op))
+
+            def update(members=members):
+                for g, v in members:
+                    self._sgd(g, v, learning_rate)
+                return tf.constant(True)
+
+            tf.cond(active, update, lambda: tf.constant(False))
 
     def get_config(self):
         config = super().get_config()
@@ -200,6 +245,7 @@ class SearchConfig:
     jit_compile: bool = False          # XLA for the step; single-device only
     max_bad_steps: int = 20            # stop after this many non-finite steps in a row
     mixed_precision: str | None = None  # None, 'mixed_bfloat16' or 'mixed_float16' (loss scaling)
+    trace_meta: bool | None = None     # None: traced iff the search makes >= 100 meta updates
 
     def __post_init__(self):
         ints = ("epochs", "steps_per_epoch", "batch_size", "board_size", "board_images",
@@ -226,6 +272,16 @@ class SearchConfig:
             raise ValueError(f"SearchConfig.mixed_precision must be one of "
                              f"{', '.join(map(str, MIXED_PRECISION))}, got "
                              f"{self.mixed_precision!r}")
+
+    @property
+    def meta_traced(self) -> bool:
+        """Tracing the meta step costs minutes once (every branch, forward and backward, twice)
+        and then makes each update ~20x cheaper than eager execution: worth it for long
+        searches, not for a few updates."""
+        if self.trace_meta is not None:
+            return bool(self.trace_meta)
+        distill_steps = self.total_steps - self.warmup_steps
+        return distill_steps // self.meta_interval >= 100
 
     @property
     def total_steps(self) -> int:
@@ -553,10 +609,11 @@ class _StepFunctions:
         # One traced step serves warm-up and distillation (a bool tensor picks, via tf.cond): the
         # graph holds every branch of every layer, so each trace costs a lot of start-up time.
         self.step = tf.function(self._train, jit_compile=jit)
-        # The meta step runs eagerly: eager tf.switch_case runs only the taken branch, so its
-        # second-order gradient covers the path's ops only. Traced, it differentiates twice
-        # through every branch of every layer, which takes minutes to build even for tiny spaces;
-        # it runs once every meta_interval steps, so eager overhead does not matter.
+        # The meta step: traced for long searches (one trace of minutes, then ~0.15 s per update
+        # at small.flags settings), eager for short ones (eager tf.switch_case runs only the taken
+        # branch: no trace, ~3 s per update). See SearchConfig.meta_traced.
+        self._meta_step = (tf.function(self._meta_replicas, jit_compile=jit)
+                           if config.meta_traced else self._meta_replicas)
         self.meta = self._meta
 
     @staticmethod
@@ -641,6 +698,10 @@ class _StepFunctions:
                 "teacher": self.strategy.experimental_local_results(index)[0]}
 
     def _meta(self, images, labels, val_images, val_labels, path):
+        return bool(self._meta_step(images, labels, val_images, val_labels, path).numpy())
+
+    def _meta_replicas(self, images, labels, val_images, val_labels, path):
+        """One meta-gradient update of the matching network; returns 1 if it was applied."""
         cfg, board = self.config, self.board
         m = cfg.meta_slice
 
@@ -654,11 +715,11 @@ class _StepFunctions:
                 self.supernet, path, self.matching, board.images, board.probs, board.size,
                 x, y, vx, vy, lr, cfg.label_smoothing, m * self.replicas,
                 board_paths=board.paths)
-            # eager: the all-reduced decision is the same Python bool on every replica
-            finite = bool(step_is_finite(tf.constant(0.0), grads).numpy())
-            if finite:
-                self.meta_optimizer.apply(grads, self.matching.trainable_variables)
-            return tf.constant(int(finite))
+            finite = step_is_finite(tf.constant(0.0), grads)  # the same on every replica
+            # M's optimizer is plain SGD: a zero gradient leaves it bit-identical
+            grads = [tf.where(finite, g, tf.zeros_like(g)) for g in grads]
+            self.meta_optimizer.apply(grads, self.matching.trainable_variables)
+            return tf.cast(finite, tf.int32)
 
         finite = self.strategy.run(replica_fn, args=(images, labels, val_images, val_labels))
-        return bool(self.strategy.experimental_local_results(finite)[0].numpy())
+        return self.strategy.experimental_local_results(finite)[0]

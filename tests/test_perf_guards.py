@@ -84,10 +84,18 @@ class _CondSGD(trainer.PathSGD):
 
         tf.cond(active, update, lambda: tf.constant(False))
 
+    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+        # every variable through update_step above, also when traced (PathSGD groups by branch)
+        keras.optimizers.SGD._backend_update_step(self, grads, trainable_variables,
+                                                  learning_rate)
+
 
 @pytest.mark.slow  # 5 minutes at load ~10 on 2 cores (the gradient trace of every branch)
-def test_path_update_matches_keras_sgd_under_cond():
-    """PathSGD's selected update is bit-identical to Keras' SGD run under a cond per variable."""
+@pytest.mark.parametrize("traced", [False, True], ids=["eager", "traced"])
+def test_path_update_matches_keras_sgd_under_cond(traced):
+    """PathSGD's update is bit-identical to Keras' SGD run under a cond per variable: eagerly
+    (one select per variable, as under a distribution strategy) and traced on one device (one
+    cond per branch)."""
     from cream_tf.supernet import SuperNet
     tf.keras.utils.set_random_seed(0)
     net = SuperNet(TINY)
@@ -113,7 +121,10 @@ def test_path_update_matches_keras_sgd_under_cond():
         for step in range(2):  # the second step exercises the momentum
             p = path if step == 0 else tf.reverse(path, [0]) * 0  # op 0 everywhere
             opt.set_path(p)
-            opt.apply(grads_of(p), variables)
+            if traced:  # variables are captured, not arguments (those would become tensors)
+                tf.function(lambda g: opt.apply(g, variables))(grads_of(p))
+            else:
+                opt.apply(grads_of(p), variables)
         results.append(([v.numpy() for v in variables], [m.numpy() for m in opt.momentums]))
     for a, b in zip(results[0][0] + results[0][1], results[1][0] + results[1][1]):
         np.testing.assert_array_equal(a, b)

@@ -1,6 +1,7 @@
 """The whole job through run.py: small.flags end to end, each mode on its own, and reruns.
 
-Slow: every search traces the supernet step (minutes on 2 cores). Run alone with
+The end-to-end cases are slow (every search traces the supernet step: minutes on 2 cores); run
+them alone with
 `python -m pytest -m slow tests/test_pipeline.py`.
 """
 import json
@@ -10,6 +11,7 @@ import sys
 import textwrap
 
 import pytest
+
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RUN = os.path.join(ROOT, "run.py")
@@ -145,3 +147,27 @@ def test_each_mode_in_turn_and_a_killed_export_resumes(tmp_path):
     errors = [l for l in again.stderr.splitlines() if l.startswith("run.py: error:")]
     assert len(errors) == 1 and "already exists" in errors[0] and "--overwrite" in errors[0]
     assert sorted(os.listdir(export)) == listing
+
+
+def _settings(**overrides):
+    import types
+
+    import run  # noqa: F401  (defines the flags)
+    from absl import flags
+
+    from cream_tf import job
+
+    values = {name: flags.FLAGS[name].default for name in run.OUR_FLAGS}
+    values.update(dataset="synthetic:4", resolution=32, depth=["1"], width=0.25, **overrides)
+    return job.validate({k: types.SimpleNamespace(value=v) for k, v in values.items()})
+
+
+@pytest.mark.parametrize("batch", [32, 128, 1024])
+def test_retrain_learning_rate_is_per_1024_images_scaled_once(batch):
+    from cream_tf import job
+    from cream_tf import retrain as retrain_lib
+
+    settings = _settings(retrain_lr=0.064, retrain_batch_size=batch, retrain_epochs=10)
+    config = job.Job(settings)._retrain_config(retrain_lib)
+    assert config.lr == 0.064
+    assert config.scaled_lr == pytest.approx(0.064 * batch / 1024)
