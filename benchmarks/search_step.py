@@ -42,9 +42,6 @@ flags.DEFINE_integer("meta_interval", 200, "steps between meta updates (amortisa
 flags.DEFINE_enum("mixed_precision", "none", ["none", "mixed_bfloat16", "mixed_float16"],
                   "Keras dtype policy of the supernet")
 flags.DEFINE_bool("jit_compile", False, "XLA for the train steps (single device)")
-flags.DEFINE_enum("trace_meta", "auto", ["auto", "true", "false"], "trace the meta step "
-                  "(auto: SearchConfig's rule, traced for a search with >= 100 meta updates, as "
-                  "this benchmark's endless one)")
 flags.DEFINE_string("dataset", "digits", "dataset for (d): digits or synthetic")
 flags.DEFINE_integer("matmul_size", 2048, "size of the float32 matmul measuring the MAC rate")
 flags.DEFINE_list("parts", "floor,plain,cream,meta,input", "what to measure")
@@ -110,9 +107,7 @@ def main(argv):
                                   batch_size=b, board_size=k, board_images=n,
                                   meta_interval=FLAGS.meta_interval,
                                   learning_rate=FLAGS.accuracy_lr,
-                                  jit_compile=FLAGS.jit_compile, verbose=0,
-                                  trace_meta={"auto": None, "true": True,
-                                              "false": False}[FLAGS.trace_meta], **extra)
+                                  jit_compile=FLAGS.jit_compile, verbose=0, **extra)
     strategy = tf.distribute.get_strategy()
     sampler = trainer.Sampler(space, config.prior, config.skip_prob, config.macs_range,
                               config.seed)
@@ -179,8 +174,7 @@ def main(argv):
         start = time.perf_counter()
         meta(0)
         first = time.perf_counter() - start
-        print(f"  meta: first update {first:.1f} s ({'traced' if config.meta_traced else 'eager'})",
-              flush=True)
+        print(f"  meta: first update {first:.1f} s (eager)", flush=True)
         results["meta"], _ = _median_time(meta, FLAGS.meta_steps, 0)
         rows["meta"] = _peak_rss_mb()
         print(f"  meta: {results['meta'] * 1e3:.1f} ms/update", flush=True)

@@ -135,50 +135,13 @@ def test_two_replicas_step_like_one_device():
         np.testing.assert_array_equal(a, b)  # the same start
     # The same update up to float32 rounding of the gradient sums; a loss or gradient scaled
     # twice (or not at all) would change every update by a factor of 2.
+    # (tolerance relative to the largest update: some variables' updates are rounding noise)
+    scale = max(np.abs(d).max() for d in results[0][2])
     moved = 0
     for one, two in zip(results[0][2], results[1][2]):
-        scale = max(np.abs(one).max(), 1e-12)
         np.testing.assert_allclose(two, one, rtol=1e-3, atol=1e-3 * scale)
-        moved += bool(np.abs(one).max() > 0)
+        moved += bool(np.abs(one).max() > 1e-3 * scale)
     assert moved > 10
-
-
-@pytest.mark.slow  # tracing the meta step takes minutes on 2 cores
-def test_traced_meta_update_equals_eager():
-    """SearchConfig.trace_meta: the traced meta update moves M exactly as the eager one does."""
-    x = tf.random.stateless_uniform([8, 32, 32, 3], seed=[7, 8])
-    y = tf.constant(np.arange(8) % 10, tf.int32)
-    rng = np.random.default_rng(0)
-    board_images = rng.normal(size=(3, 2, 32, 32, 3)).astype(np.float32)
-    board_probs = rng.dirichlet(np.ones(10), size=(3, 2)).astype(np.float32)
-    results = []
-    for traced in (False, True):
-        tf.keras.utils.set_random_seed(3)
-        config = trainer.SearchConfig(epochs=1, steps_per_epoch=10, warmup_epochs=0, batch_size=8,
-                                      board_size=3, board_images=2, meta_slice=2, seed=3,
-                                      trace_meta=traced)
-        assert config.meta_traced is traced
-        state = trainer._SearchState(TINY, config, tf.distribute.get_strategy())
-        sampler = trainer.Sampler(TINY, config.prior, None, None, 3)
-        for j in range(3):
-            path = sampler.sample(100 + j)
-            state.board.update(path, 90.0 - j, sampler.path_macs(path), board_images[j],
-                               board_probs[j])
-        steps = trainer._StepFunctions(state)
-        before = [v.numpy().copy() for v in state.matching.trainable_variables]
-        assert steps.meta(x, y, x[:2], y[:2], tf.constant(sampler.sample(0), tf.int32))
-        after = [v.numpy() for v in state.matching.trainable_variables]
-        results.append((before, [a - b for a, b in zip(after, before)]))
-    (start_e, eager), (start_t, traced) = results
-    for a, b in zip(start_e, start_t):
-        np.testing.assert_array_equal(a, b)
-    assert max(np.abs(d).max() for d in eager) > 0
-    for e, t in zip(eager, traced):  # the same update, up to float32 rounding
-        np.testing.assert_allclose(t, e, rtol=1e-3, atol=1e-3 * max(np.abs(e).max(), 1e-12))
-    # the rule of thumb: traced for long searches only
-    assert not trainer.SearchConfig(epochs=3, steps_per_epoch=40, meta_interval=20,
-                                    warmup_epochs=1).meta_traced
-    assert trainer.SearchConfig().meta_traced  # the release's ImageNet search
 
 
 class _Stop(Exception):
