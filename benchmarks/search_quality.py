@@ -45,37 +45,45 @@ from absl import logging
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-FLAGS = flags.FLAGS
-flags.DEFINE_string("dataset", "digits", "dataset spec of cream_tf.data.load (train/val/test)")
-flags.DEFINE_string("space", "mbconv", "search space name")
-flags.DEFINE_string("layout", "released", "space layout")
-flags.DEFINE_integer("depth", 1, "blocks per stage")
-flags.DEFINE_integer("resolution", 32, "input size")
-flags.DEFINE_float("width", 0.5, "width multiplier")
-flags.DEFINE_integer("seeds", 2, "seeds 0..seeds-1: one search of each kind, tuner run and "
+# Our own FlagValues, not absl's global one: tests load this script in the same process as
+# run.py, whose flags (--dataset, --space, ...) have the same names.
+FLAGS = flags.FlagValues()
+
+
+def _flag(define, *args, **kwargs):
+    return define(*args, flag_values=FLAGS, **kwargs)
+
+
+_flag(flags.DEFINE_string, "dataset", "digits", "dataset spec of cream_tf.data.load (train/val/test)")
+_flag(flags.DEFINE_string, "space", "mbconv", "search space name")
+_flag(flags.DEFINE_string, "layout", "released", "space layout")
+_flag(flags.DEFINE_integer, "depth", 1, "blocks per stage")
+_flag(flags.DEFINE_integer, "resolution", 32, "input size")
+_flag(flags.DEFINE_float, "width", 0.5, "width multiplier")
+_flag(flags.DEFINE_integer, "seeds", 2, "seeds 0..seeds-1: one search of each kind, tuner run and "
                      "retraining of every pick per seed")
-flags.DEFINE_float("flops_min", 0.95, "min MACs of every path, in millions")
-flags.DEFINE_float("flops_max", 1.15, "max MACs of every path, in millions")
-flags.DEFINE_integer("batch_size", 32, "search, tuner and retrain batch")
-flags.DEFINE_integer("search_epochs", 5, "search epochs (budget: epochs x steps x batch images)")
-flags.DEFINE_integer("steps_per_epoch", 100, "search steps per epoch")
-flags.DEFINE_integer("warmup_epochs", 1, "Cream's CE-only warm-up before distillation")
-flags.DEFINE_float("lr", 2.0, "search learning rate per 1024 images (scaled by batch)")
-flags.DEFINE_integer("board_size", 5, "K, board entries")
-flags.DEFINE_integer("board_images", 4, "n, stored images per board entry")
-flags.DEFINE_integer("meta_interval", 50, "steps between meta-gradient updates (teacher meta)")
-flags.DEFINE_integer("select_bn_batches", 5, "BatchNorm re-estimation batches when scoring paths")
-flags.DEFINE_integer("tune_trials", 5, "keras-tuner trials (share the one-shot budget)")
-flags.DEFINE_integer("tune_epochs", 1, "epochs per tuner trial")
-flags.DEFINE_integer("tau_paths", 20, "random in-range paths: SPOS candidates, Kendall tau, row (e)")
-flags.DEFINE_integer("tau_seed", 1234, "seed of the random path set")
-flags.DEFINE_list("tau_supernets", "spos", "supernets whose ranking is correlated: spos, cream")
-flags.DEFINE_integer("retrain_epochs", 4, "standalone retraining epochs of every pick")
-flags.DEFINE_float("retrain_lr", 0.064, "RetrainConfig.lr: RMSprop peak rate per 1024 images")
-flags.DEFINE_float("retrain_dropout", 0.2, "dropout of the retrained child")
-flags.DEFINE_float("ema_decay", 0.9, "weight EMA of the retraining (short runs want ~0.9)")
-flags.DEFINE_string("workdir", "/tmp/cream_search_quality", "searches, tuner runs, retrainings")
-flags.DEFINE_string("out", "", "JSON of all raw results (default: WORKDIR/search_quality.json)")
+_flag(flags.DEFINE_float, "flops_min", 0.95, "min MACs of every path, in millions")
+_flag(flags.DEFINE_float, "flops_max", 1.15, "max MACs of every path, in millions")
+_flag(flags.DEFINE_integer, "batch_size", 32, "search, tuner and retrain batch")
+_flag(flags.DEFINE_integer, "search_epochs", 5, "search epochs (budget: epochs x steps x batch images)")
+_flag(flags.DEFINE_integer, "steps_per_epoch", 100, "search steps per epoch")
+_flag(flags.DEFINE_integer, "warmup_epochs", 1, "Cream's CE-only warm-up before distillation")
+_flag(flags.DEFINE_float, "lr", 2.0, "search learning rate per 1024 images (scaled by batch)")
+_flag(flags.DEFINE_integer, "board_size", 5, "K, board entries")
+_flag(flags.DEFINE_integer, "board_images", 4, "n, stored images per board entry")
+_flag(flags.DEFINE_integer, "meta_interval", 50, "steps between meta-gradient updates (teacher meta)")
+_flag(flags.DEFINE_integer, "select_bn_batches", 5, "BatchNorm re-estimation batches when scoring paths")
+_flag(flags.DEFINE_integer, "tune_trials", 5, "keras-tuner trials (share the one-shot budget)")
+_flag(flags.DEFINE_integer, "tune_epochs", 1, "epochs per tuner trial")
+_flag(flags.DEFINE_integer, "tau_paths", 20, "random in-range paths: SPOS candidates, Kendall tau, row (e)")
+_flag(flags.DEFINE_integer, "tau_seed", 1234, "seed of the random path set")
+_flag(flags.DEFINE_list, "tau_supernets", "spos", "supernets whose ranking is correlated: spos, cream")
+_flag(flags.DEFINE_integer, "retrain_epochs", 4, "standalone retraining epochs of every pick")
+_flag(flags.DEFINE_float, "retrain_lr", 0.064, "RetrainConfig.lr: RMSprop peak rate per 1024 images")
+_flag(flags.DEFINE_float, "retrain_dropout", 0.2, "dropout of the retrained child")
+_flag(flags.DEFINE_float, "ema_decay", 0.9, "weight EMA of the retraining (short runs want ~0.9)")
+_flag(flags.DEFINE_string, "workdir", "/tmp/cream_search_quality", "searches, tuner runs, retrainings")
+_flag(flags.DEFINE_string, "out", "", "JSON of all raw results (default: WORKDIR/search_quality.json)")
 
 METHODS = ("cream", "top1", "spos", "tuner", "random")
 LABELS = {
@@ -556,5 +564,17 @@ def report(results: dict, values: dict):
           f"{values['out'] or os.path.join(values['workdir'], 'search_quality.json')}")
 
 
+def _entry():
+    if any(a in ("-h", "--help", "-help", "--helpfull") for a in sys.argv[1:]):
+        print(__doc__)
+        print(FLAGS.get_help())
+        sys.exit(0)
+    try:
+        argv = FLAGS(sys.argv)
+    except flags.Error as e:
+        sys.exit(f"search_quality.py: {e}")
+    app.run(lambda _: main(argv), argv=sys.argv[:1])
+
+
 if __name__ == "__main__":
-    app.run(main)
+    _entry()
