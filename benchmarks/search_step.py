@@ -15,8 +15,6 @@ large float32 matrix product, measured in the same run. The step functions are t
 (`_SearchState`, `_StepFunctions`), on fixed input tensors, so (a)-(c) exclude the input pipeline.
 """
 import os
-import resource
-import statistics
 import sys
 import time
 
@@ -24,6 +22,7 @@ from absl import app
 from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import timing  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("space", "mbconv", "search space name")
@@ -57,22 +56,6 @@ flags.DEFINE_integer("accuracy_paths", 5, "paths evaluated after --accuracy_step
 
 
 STARTED = time.perf_counter()
-INITIAL_WEIGHTS = []
-
-
-def _peak_rss_mb():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def _median_time(fn, steps, warmup):
-    for i in range(warmup):
-        fn(i)
-    times = []
-    for i in range(steps):
-        start = time.perf_counter()
-        fn(warmup + i)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), times
 
 
 def mac_rate(tf, n):
@@ -80,7 +63,7 @@ def mac_rate(tf, n):
     a = tf.random.normal([n, n])
     b = tf.random.normal([n, n])
     mm = tf.function(lambda a, b: tf.reduce_sum(tf.matmul(a, b)))
-    t, _ = _median_time(lambda i: mm(a, b).numpy(), 10, 3)
+    t, _ = timing.median_time(lambda i: mm(a, b).numpy(), 10, 3)
     return n ** 3 / t
 
 
@@ -121,7 +104,7 @@ def main(argv):
     rate = mac_rate(tf, FLAGS.matmul_size) if "floor" in parts else None
     state = trainer._SearchState(space, config, strategy)
     steps = trainer._StepFunctions(state)
-    INITIAL_WEIGHTS[:] = [tf.identity(v) for v in state.supernet.weights]
+    initial = [tf.identity(v) for v in state.supernet.weights]  # for --accuracy_steps
     board = state.board
     r = space.resolution
     rng = np.random.default_rng(0)
@@ -163,29 +146,29 @@ def main(argv):
 
     results = {}
     if "plain" in parts:
-        results["plain"], _ = _median_time(plain, FLAGS.steps, FLAGS.warmup)
-        rows["plain"] = _peak_rss_mb()
+        results["plain"], _ = timing.median_time(plain, FLAGS.steps, FLAGS.warmup)
+        rows["plain"] = timing.peak_rss_mb()
         print(f"  plain: {results['plain'] * 1e3:.1f} ms/step", flush=True)
     if "cream" in parts:
-        results["cream"], _ = _median_time(cream, FLAGS.steps, FLAGS.warmup)
-        rows["cream"] = _peak_rss_mb()
+        results["cream"], _ = timing.median_time(cream, FLAGS.steps, FLAGS.warmup)
+        rows["cream"] = timing.peak_rss_mb()
         print(f"  cream: {results['cream'] * 1e3:.1f} ms/step", flush=True)
     if "meta" in parts:
         start = time.perf_counter()
         meta(0)
         first = time.perf_counter() - start
         print(f"  meta: first update {first:.1f} s (eager)", flush=True)
-        results["meta"], _ = _median_time(meta, FLAGS.meta_steps, 0)
-        rows["meta"] = _peak_rss_mb()
+        results["meta"], _ = timing.median_time(meta, FLAGS.meta_steps, 0)
+        rows["meta"] = timing.peak_rss_mb()
         print(f"  meta: {results['meta'] * 1e3:.1f} ms/update", flush=True)
     traces = {"step": steps.step.experimental_get_tracing_count()}
     if "input" in parts:
         splits, info = data_lib.load(FLAGS.dataset, r)
         train_ds, _ = data_lib.search_inputs(splits, info, r, seed=0)
         it = iter(train_ds.batch(b, drop_remainder=True).prefetch(2))
-        results["input"], _ = _median_time(lambda i: next(it)[0].numpy(), 3 * FLAGS.steps,
+        results["input"], _ = timing.median_time(lambda i: next(it)[0].numpy(), 3 * FLAGS.steps,
                                            FLAGS.warmup)
-        rows["input"] = _peak_rss_mb()
+        rows["input"] = timing.peak_rss_mb()
 
     floor = mean_macs * 3 * b / rate if rate else None
     print(f"matmul MAC rate: {rate / 1e9:.1f} GMAC/s; mean path MACs {mean_macs / 1e6:.2f}M; "
@@ -206,7 +189,7 @@ def main(argv):
     if "input" in results and "cream" in results:
         print(f"input pipeline / cream step consumption: {results['cream'] / results['input']:.1f}x")
     if FLAGS.accuracy_steps:
-        accuracy = short_run_accuracy(state, steps, sampler, space, b, tf, np)
+        accuracy = short_run_accuracy(state, steps, sampler, space, b, initial, tf, np)
         print(f"accuracy after {FLAGS.accuracy_steps} steps on {FLAGS.dataset}: mean "
               f"{np.mean(accuracy):.2f}% over {len(accuracy)} inherited paths "
               f"({', '.join(f'{a:.1f}' for a in accuracy)})")
@@ -214,13 +197,13 @@ def main(argv):
           f"{time.perf_counter() - STARTED:.0f} s")
 
 
-def short_run_accuracy(state, steps, sampler, space, b, tf, np):
+def short_run_accuracy(state, steps, sampler, space, b, initial, tf, np):
     """Trains the supernet from scratch for --accuracy_steps CE steps on real data with the same
     step function, then scores fixed paths on held-out data (BN statistics re-estimated)."""
     from cream_tf import data as data_lib
     from cream_tf import select as select_lib
 
-    for v, w in zip(state.supernet.weights, INITIAL_WEIGHTS):
+    for v, w in zip(state.supernet.weights, initial):
         v.assign(w)
     for m in state.path_optimizer.momentums:
         m.assign(tf.zeros_like(m))

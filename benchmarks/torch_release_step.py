@@ -25,8 +25,6 @@ equally often):
 Inputs are fixed tensors (no input pipeline), float32.
 """
 import os
-import resource
-import statistics
 import sys
 import time
 
@@ -34,6 +32,7 @@ from absl import app
 from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import timing  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("space", "mbconv", "search space name")
@@ -60,21 +59,6 @@ flags.DEFINE_bool("prewarm", True,
 flags.DEFINE_bool("release_scoring", False,
                   "score the board as the release does: K separate grad-enabled forwards")
 flags.DEFINE_list("parts", "plain,cream", "what to measure")
-
-
-def _peak_rss_mb():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-def _median_time(fn, steps, warmup):
-    for i in range(warmup):
-        fn(i)
-    times = []
-    for i in range(steps):
-        start = time.perf_counter()
-        fn(warmup + i)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), times
 
 
 def _prepare_blocks(torch, net, space, batches, fmt, compile_blocks):
@@ -166,14 +150,14 @@ def main(argv):
 
     results, rows = {}, {}
     if "plain" in parts:
-        results["plain"], _ = _median_time(lambda i: steps.plain(paths[i]), FLAGS.steps,
+        results["plain"], _ = timing.median_time(lambda i: steps.plain(paths[i]), FLAGS.steps,
                                            FLAGS.warmup)
-        rows["plain"] = _peak_rss_mb()
+        rows["plain"] = timing.peak_rss_mb()
         print(f"  plain: {results['plain'] * 1e3:.1f} ms/step", flush=True)
     if "cream" in parts:
-        results["cream"], _ = _median_time(lambda i: steps.cream(paths[i]), FLAGS.steps,
+        results["cream"], _ = timing.median_time(lambda i: steps.cream(paths[i]), FLAGS.steps,
                                            FLAGS.warmup)
-        rows["cream"] = _peak_rss_mb()
+        rows["cream"] = timing.peak_rss_mb()
         print(f"  cream: {results['cream'] * 1e3:.1f} ms/step", flush=True)
 
     base = results.get("plain")
