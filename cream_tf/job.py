@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
+import tempfile
 import time
 
 from cream_tf import cli
@@ -300,9 +302,6 @@ class Job:
         if not _is_chief(self.strategy):
             # Workers train in lockstep with the chief but write to a throw-away copy of its
             # folder (so they resume from the same epoch), removed afterwards.
-            import shutil
-            import tempfile
-
             scratch = tempfile.mkdtemp(prefix="cream_tf_retrain_worker_")
             workdir = os.path.join(scratch, "retrain")
             if os.path.isdir(self.retrain_dir):
@@ -312,8 +311,6 @@ class Job:
                                          self.strategy)
         finally:
             if scratch:
-                import shutil
-
                 shutil.rmtree(scratch, ignore_errors=True)
         summary = {"architecture": arch.to_paper(), "val_accuracy": result.val_accuracy,
                    "test_accuracy": result.test_accuracy, "final": result.final_path,

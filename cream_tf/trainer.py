@@ -134,27 +134,25 @@ class PathSGD(keras.optimizers.SGD):
         self.path.assign(tf.cast(path, tf.int32))
 
     def update_step(self, gradient, variable, learning_rate):
-        index = self._get_variable_index(variable)
-        layer, op = self._owners[index]
-        if self.l2 and self._decayed[index]:
-            gradient = gradient + tf.cast(self.l2, gradient.dtype) * tf.cast(variable,
-                                                                             gradient.dtype)
+        layer, op = self._owners[self._get_variable_index(variable)]
         # A step with a non-finite loss or gradient anywhere arrives with every gradient NaN
         # (`poison_gradients`), so one element of any gradient is the step's global decision.
         active = _first_is_finite(gradient)
         if layer >= 0 and self.freeze_inactive:
-            path = self.path.value if isinstance(self.path, keras.Variable) else self.path
-            active = tf.logical_and(active, tf.equal(path[layer], op))
+            active = tf.logical_and(active, tf.equal(self._path_value()[layer], op))
         # Keras SGD's arithmetic, then a select: no tf.cond per variable (hundreds of conds made
         # tracing the step take minutes), and a skipped variable and its momentum are written
         # back bit-identical.
-        self._sgd(gradient, variable, learning_rate, active, l2_applied=True)
+        self._sgd(gradient, variable, learning_rate, active)
 
-    def _sgd(self, gradient, variable, learning_rate, active=None, l2_applied=False):
-        """Keras SGD's arithmetic (plus the coupled L2 unless `l2_applied`); with `active`, a
-        select writes a skipped variable and its momentum back bit-identical."""
+    def _path_value(self):
+        return self.path.value if isinstance(self.path, keras.Variable) else self.path
+
+    def _sgd(self, gradient, variable, learning_rate, active=None):
+        """Keras SGD's arithmetic plus the coupled L2; with `active`, a select writes a skipped
+        variable and its momentum back bit-identical."""
         index = self._get_variable_index(variable)
-        if not l2_applied and self.l2 and self._decayed[index]:
+        if self.l2 and self._decayed[index]:
             gradient = gradient + tf.cast(self.l2, gradient.dtype) * tf.cast(variable,
                                                                              gradient.dtype)
         pick = (lambda new, old: new) if active is None else (
@@ -187,7 +185,7 @@ class PathSGD(keras.optimizers.SGD):
         if not pairs:
             return
         finite = _first_is_finite(pairs[0][0])  # poisoned steps have every gradient NaN
-        path = self.path.value if isinstance(self.path, keras.Variable) else self.path
+        path = self._path_value()
         groups = {}
         for g, v in pairs:
             groups.setdefault(self._owners[self._get_variable_index(v)], []).append((g, v))
@@ -598,11 +596,6 @@ class _StepFunctions:
         # One traced step serves warm-up and distillation (a bool tensor picks, via tf.cond): the
         # graph holds every branch of every layer, so each trace costs a lot of start-up time.
         self.step = tf.function(self._train, jit_compile=jit)
-        # The meta step runs eagerly (eager tf.switch_case runs only the taken branch; no trace).
-        # A traced variant disagreed with it by a constant factor in a slow test, so it is not
-        # offered until that is understood.
-        self._meta_step = self._meta_replicas
-        self.meta = self._meta
 
     @staticmethod
     def _local(tensor, size):
@@ -685,11 +678,16 @@ class _StepFunctions:
                 "rho": reduce("MEAN", rho, axis=None),
                 "teacher": self.strategy.experimental_local_results(index)[0]}
 
-    def _meta(self, images, labels, val_images, val_labels, path):
-        return bool(self._meta_step(images, labels, val_images, val_labels, path).numpy())
+    def meta(self, images, labels, val_images, val_labels, path) -> bool:
+        """One meta-gradient update of the matching network; True if it was applied.
+
+        Eager (eager tf.switch_case runs only the taken branch; no trace). A traced variant
+        disagreed with it by a constant factor in a slow test, so it is not offered until that is
+        understood."""
+        return bool(self._meta_replicas(images, labels, val_images, val_labels, path).numpy())
 
     def _meta_replicas(self, images, labels, val_images, val_labels, path):
-        """One meta-gradient update of the matching network; returns 1 if it was applied."""
+        """The replica work of `meta`; returns 1 (int32) if the update was applied."""
         cfg, board = self.config, self.board
         m = cfg.meta_slice
 
