@@ -56,6 +56,10 @@ def test_digits_splits_shapes_and_determinism():
     assert info.hflip is False and info.randaugment is False
     assert data.Augment.retrain(info).randaugment_ops == 0 and not data.Augment.retrain(info).flip
     assert data.Augment.retrain().randaugment_ops == 2 and data.Augment.retrain().flip
+    # a supernet on digits gets no search augmentation (it learned nothing under it); others do
+    assert info.search_augment is False and data.Augment.search(info) == data.Augment.none()
+    assert data.Augment.search(info, erasing=0.1).erasing == 0.1
+    assert data.Augment.search() == data.Augment()
     first = {}
     for name in ("train", "val", "test"):
         xs, ys = check_raw(getattr(splits, name), 10, info.split_sizes[name], (RES, RES, 3))
