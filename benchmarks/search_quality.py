@@ -1,6 +1,6 @@
 """Does the search find better networks? Cream against its baselines at one training budget.
 
-    python benchmarks/search_quality.py                   # tiny defaults: digits, ~30 min, 2 cores
+    python benchmarks/search_quality.py                   # defaults: digits, ~1 hour on 2 cores
     python benchmarks/search_quality.py --seeds=3 --search_epochs=10 --retrain_epochs=8
 
 On one space, one dataset (train / validation / test splits of `data.load`) and one search budget
@@ -65,10 +65,10 @@ _flag(flags.DEFINE_integer, "seeds", 2, "seeds 0..seeds-1: one search of each ki
 _flag(flags.DEFINE_float, "flops_min", 0.95, "min MACs of every path, in millions")
 _flag(flags.DEFINE_float, "flops_max", 1.15, "max MACs of every path, in millions")
 _flag(flags.DEFINE_integer, "batch_size", 32, "search, tuner and retrain batch")
-_flag(flags.DEFINE_integer, "search_epochs", 5, "search epochs (budget: epochs x steps x batch images)")
+_flag(flags.DEFINE_integer, "search_epochs", 15, "search epochs (budget: epochs x steps x batch images)")
 _flag(flags.DEFINE_integer, "steps_per_epoch", 100, "search steps per epoch")
-_flag(flags.DEFINE_integer, "warmup_epochs", 1, "Cream's CE-only warm-up before distillation")
-_flag(flags.DEFINE_float, "lr", 2.0, "search learning rate per 1024 images (scaled by batch)")
+_flag(flags.DEFINE_integer, "warmup_epochs", 5, "Cream's CE-only warm-up before distillation")
+_flag(flags.DEFINE_float, "lr", 3.2, "search learning rate per 1024 images (scaled by batch)")
 _flag(flags.DEFINE_integer, "board_size", 5, "K, board entries")
 _flag(flags.DEFINE_integer, "board_images", 4, "n, stored images per board entry")
 _flag(flags.DEFINE_integer, "meta_interval", 50, "steps between meta-gradient updates (teacher meta)")

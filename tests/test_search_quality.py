@@ -98,7 +98,7 @@ def test_defaults_are_valid():
 @pytest.mark.parametrize("change, message", [
     ({"seeds": 0}, "--seeds must be >= 1"),
     ({"tau_paths": 1}, "--tau_paths must be >= 2"),
-    ({"warmup_epochs": 5}, "so that Cream distils"),
+    ({"warmup_epochs": 15}, "so that Cream distils"),
     ({"retrain_epochs": 1}, "--retrain_epochs must be >= 2"),
     ({"flops_min": 2.0, "flops_max": 1.0}, "--flops_min/--flops_max"),
     ({"tau_supernets": ["cream"]}, "--tau_supernets must list spos"),
