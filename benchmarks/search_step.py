@@ -27,7 +27,7 @@ from benchmarks import timing  # noqa: E402
 FLAGS = flags.FLAGS
 flags.DEFINE_string("space", "mbconv", "search space name")
 flags.DEFINE_string("layout", "released", "space layout")
-flags.DEFINE_integer("depth", 2, "blocks per stage")
+flags.DEFINE_integer("depth", 1, "blocks per stage (configs/small.flags: 1)")
 flags.DEFINE_integer("resolution", 32, "input size")
 flags.DEFINE_float("width", 0.5, "width multiplier")
 flags.DEFINE_integer("num_classes", 10, "classes")
@@ -164,7 +164,9 @@ def main(argv):
     traces = {"step": steps.step.experimental_get_tracing_count()}
     if "input" in parts:
         splits, info = data_lib.load(FLAGS.dataset, r)
-        train_ds, _ = data_lib.search_inputs(splits, info, r, seed=0)
+        # the release's full search recipe, whatever the dataset recommends (digits: none)
+        train_ds, _ = data_lib.search_inputs(splits, info, r, augment=data_lib.Augment.search(),
+                                             seed=0)
         it = iter(train_ds.batch(b, drop_remainder=True).prefetch(2))
         results["input"], _ = timing.median_time(lambda i: next(it)[0].numpy(), 3 * FLAGS.steps,
                                            FLAGS.warmup)
