@@ -103,7 +103,7 @@ def test_defaults_are_valid():
     ({"flops_min": 2.0, "flops_max": 1.0}, "--flops_min/--flops_max"),
     ({"tau_supernets": ["cream"]}, "--tau_supernets must list spos"),
     ({"tau_supernets": ["spos", "top1"]}, "--tau_supernets"),
-    ({"tune_trials": 1000}, "less than one batch"),
+    ({"tune_trials": 2000}, "less than one batch"),
     ({"batch_size": 2}, "--batch_size must be >= board_images"),
     ({"retrain_lr": 0.0}, "--retrain_lr must be > 0"),
 ])
