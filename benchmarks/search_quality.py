@@ -69,6 +69,8 @@ _flag(flags.DEFINE_integer, "search_epochs", 15, "search epochs (budget: epochs 
 _flag(flags.DEFINE_integer, "steps_per_epoch", 100, "search steps per epoch")
 _flag(flags.DEFINE_integer, "warmup_epochs", 5, "Cream's CE-only warm-up before distillation")
 _flag(flags.DEFINE_float, "lr", 3.2, "search learning rate per 1024 images (scaled by batch)")
+_flag(flags.DEFINE_enum, "prior", "release", ["release", "uniform"],
+      "op prior of the path sampler of every supernet ('release': half the draws are MB6 5x5)")
 _flag(flags.DEFINE_integer, "board_size", 5, "K, board entries")
 _flag(flags.DEFINE_integer, "board_images", 4, "n, stored images per board entry")
 _flag(flags.DEFINE_integer, "meta_interval", 50, "steps between meta-gradient updates (teacher meta)")
@@ -333,6 +335,7 @@ class _Bench:
             epochs=v["search_epochs"], steps_per_epoch=v["steps_per_epoch"],
             warmup_epochs=warmup, batch_size=v["batch_size"],
             learning_rate=v["lr"] * v["batch_size"] / 1024, macs_range=self.macs_range,
+            prior=v["prior"],
             board_size=v["board_size"], board_images=v["board_images"],
             teacher="top1" if kind == "top1" else "meta", meta_interval=v["meta_interval"],
             seed=seed, verbose=0, checkpoint_interval=10 ** 6)
@@ -533,8 +536,8 @@ def _as_path(nested):
     return tuple(tuple(int(o) for o in stage) for stage in nested)
 
 
-_SETTINGS = ("dataset", "space", "layout", "depth", "resolution", "width", "seeds", "flops_min",
-             "flops_max", "batch_size", "search_epochs", "steps_per_epoch", "warmup_epochs",
+_SETTINGS = ("dataset", "prior", "space", "layout", "depth", "resolution", "width", "seeds",
+             "flops_min", "flops_max", "batch_size", "search_epochs", "steps_per_epoch", "warmup_epochs",
              "lr", "board_size", "board_images", "meta_interval", "select_bn_batches",
              "tune_trials", "tune_epochs", "tau_paths", "tau_seed", "tau_supernets",
              "retrain_epochs", "retrain_lr", "retrain_dropout", "ema_decay", "workdir", "out")

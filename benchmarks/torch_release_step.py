@@ -37,7 +37,7 @@ from benchmarks import timing  # noqa: E402
 FLAGS = flags.FLAGS
 flags.DEFINE_string("space", "mbconv", "search space name")
 flags.DEFINE_string("layout", "released", "space layout")
-flags.DEFINE_integer("depth", 2, "blocks per stage")
+flags.DEFINE_integer("depth", 1, "blocks per stage (configs/small.flags: 1)")
 flags.DEFINE_integer("resolution", 32, "input size")
 flags.DEFINE_float("width", 0.5, "width multiplier")
 flags.DEFINE_integer("num_classes", 10, "classes")

@@ -119,6 +119,10 @@ def test_script_refuses_bad_flags_before_loading_anything(tmp_path):
     assert proc.returncode != 0
     assert "--seeds must be >= 1" in proc.stderr
     assert not os.path.exists(tmp_path / "w")
+    proc = subprocess.run([sys.executable, SCRIPT, "--prior=flat", f"--workdir={tmp_path}/w"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "one of <release|uniform>" in proc.stderr, proc.stderr[-2000:]
+    assert not os.path.exists(tmp_path / "w")
 
 
 def test_settings_key_is_stable_and_sees_every_setting():
