@@ -54,18 +54,20 @@ def _flag(define, *args, **kwargs):
     return define(*args, flag_values=FLAGS, **kwargs)
 
 
-_flag(flags.DEFINE_string, "dataset", "digits", "dataset spec of cream_tf.data.load (train/val/test)")
+_flag(flags.DEFINE_string, "dataset", "digits",
+      "dataset spec of cream_tf.data.load (train/val/test)")
 _flag(flags.DEFINE_string, "space", "mbconv", "search space name")
 _flag(flags.DEFINE_string, "layout", "released", "space layout")
 _flag(flags.DEFINE_integer, "depth", 1, "blocks per stage")
 _flag(flags.DEFINE_integer, "resolution", 32, "input size")
 _flag(flags.DEFINE_float, "width", 0.5, "width multiplier")
 _flag(flags.DEFINE_integer, "seeds", 2, "seeds 0..seeds-1: one search of each kind, tuner run and "
-                     "retraining of every pick per seed")
+      "retraining of every pick per seed")
 _flag(flags.DEFINE_float, "flops_min", 0.95, "min MACs of every path, in millions")
 _flag(flags.DEFINE_float, "flops_max", 1.15, "max MACs of every path, in millions")
 _flag(flags.DEFINE_integer, "batch_size", 32, "search, tuner and retrain batch")
-_flag(flags.DEFINE_integer, "search_epochs", 15, "search epochs (budget: epochs x steps x batch images)")
+_flag(flags.DEFINE_integer, "search_epochs", 15,
+      "search epochs (budget: epochs x steps x batch images)")
 _flag(flags.DEFINE_integer, "steps_per_epoch", 100, "search steps per epoch")
 _flag(flags.DEFINE_integer, "warmup_epochs", 5, "Cream's CE-only warm-up before distillation")
 _flag(flags.DEFINE_float, "lr", 3.2, "search learning rate per 1024 images (scaled by batch)")
@@ -73,19 +75,26 @@ _flag(flags.DEFINE_enum, "prior", "release", ["release", "uniform"],
       "op prior of the path sampler of every supernet ('release': half the draws are MB6 5x5)")
 _flag(flags.DEFINE_integer, "board_size", 5, "K, board entries")
 _flag(flags.DEFINE_integer, "board_images", 4, "n, stored images per board entry")
-_flag(flags.DEFINE_integer, "meta_interval", 50, "steps between meta-gradient updates (teacher meta)")
-_flag(flags.DEFINE_integer, "select_bn_batches", 5, "BatchNorm re-estimation batches when scoring paths")
+_flag(flags.DEFINE_integer, "meta_interval", 50,
+      "steps between meta-gradient updates (teacher meta)")
+_flag(flags.DEFINE_integer, "select_bn_batches", 5,
+      "BatchNorm re-estimation batches when scoring paths")
 _flag(flags.DEFINE_integer, "tune_trials", 5, "keras-tuner trials (share the one-shot budget)")
 _flag(flags.DEFINE_integer, "tune_epochs", 1, "epochs per tuner trial")
-_flag(flags.DEFINE_integer, "tau_paths", 20, "random in-range paths: SPOS candidates, Kendall tau, row (e)")
+_flag(flags.DEFINE_integer, "tau_paths", 20,
+      "random in-range paths: SPOS candidates, Kendall tau, row (e)")
 _flag(flags.DEFINE_integer, "tau_seed", 1234, "seed of the random path set")
-_flag(flags.DEFINE_list, "tau_supernets", "spos", "supernets whose ranking is correlated: spos, cream")
+_flag(flags.DEFINE_list, "tau_supernets", "spos",
+      "supernets whose ranking is correlated: spos, cream")
 _flag(flags.DEFINE_integer, "retrain_epochs", 4, "standalone retraining epochs of every pick")
-_flag(flags.DEFINE_float, "retrain_lr", 0.064, "RetrainConfig.lr: RMSprop peak rate per 1024 images")
+_flag(flags.DEFINE_float, "retrain_lr", 0.064,
+      "RetrainConfig.lr: RMSprop peak rate per 1024 images")
 _flag(flags.DEFINE_float, "retrain_dropout", 0.2, "dropout of the retrained child")
 _flag(flags.DEFINE_float, "ema_decay", 0.9, "weight EMA of the retraining (short runs want ~0.9)")
-_flag(flags.DEFINE_string, "workdir", "/tmp/cream_search_quality", "searches, tuner runs, retrainings")
-_flag(flags.DEFINE_string, "out", "", "JSON of all raw results (default: WORKDIR/search_quality.json)")
+_flag(flags.DEFINE_string, "workdir", "/tmp/cream_search_quality",
+      "searches, tuner runs, retrainings")
+_flag(flags.DEFINE_string, "out", "",
+      "JSON of all raw results (default: WORKDIR/search_quality.json)")
 
 METHODS = ("cream", "top1", "spos", "tuner", "random")
 LABELS = {
@@ -537,9 +546,10 @@ def _as_path(nested):
 
 
 _SETTINGS = ("dataset", "prior", "space", "layout", "depth", "resolution", "width", "seeds",
-             "flops_min", "flops_max", "batch_size", "search_epochs", "steps_per_epoch", "warmup_epochs",
-             "lr", "board_size", "board_images", "meta_interval", "select_bn_batches",
-             "tune_trials", "tune_epochs", "tau_paths", "tau_seed", "tau_supernets",
+             "flops_min", "flops_max", "batch_size", "search_epochs", "steps_per_epoch",
+             "warmup_epochs", "lr", "board_size", "board_images", "meta_interval",
+             "select_bn_batches", "tune_trials", "tune_epochs", "tau_paths", "tau_seed",
+             "tau_supernets",
              "retrain_epochs", "retrain_lr", "retrain_dropout", "ema_decay", "workdir", "out")
 
 
