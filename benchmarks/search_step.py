@@ -41,6 +41,9 @@ flags.DEFINE_integer("meta_interval", 200, "steps between meta updates (amortisa
 flags.DEFINE_enum("mixed_precision", "none", ["none", "mixed_bfloat16", "mixed_float16"],
                   "Keras dtype policy of the supernet")
 flags.DEFINE_bool("jit_compile", False, "XLA for the train steps (single device)")
+flags.DEFINE_enum("trace_meta", "auto", ["auto", "true", "false"], "trace the meta update (auto: "
+                  "SearchConfig's rule, traced for searches of >= 100 meta updates, as this "
+                  "benchmark's endless one)")
 flags.DEFINE_string("dataset", "digits", "dataset for (d): digits or synthetic")
 flags.DEFINE_integer("matmul_size", 2048, "size of the float32 matmul measuring the MAC rate")
 flags.DEFINE_list("parts", "floor,plain,cream,meta,input", "what to measure")
@@ -50,8 +53,8 @@ flags.DEFINE_integer("accuracy_steps", 0, "after timing, train this many CE step
                      "(random paths, learning rate --accuracy_lr) and report the held-out "
                      "accuracy of --accuracy_paths inherited paths: the accuracy effect of "
                      "--mixed_precision / --jit_compile (0 = skip)")
-flags.DEFINE_float("accuracy_lr", 0.0625, "learning rate of the search step (it only matters "
-                   "for --accuracy_steps; small.flags: 2.0 per 1024 images = 0.0625 at 32)")
+flags.DEFINE_float("accuracy_lr", 0.1, "learning rate of the search step (it only matters "
+                   "for --accuracy_steps; small.flags: 3.2 per 1024 images = 0.1 at 32)")
 flags.DEFINE_integer("accuracy_paths", 5, "paths evaluated after --accuracy_steps")
 
 
@@ -90,7 +93,9 @@ def main(argv):
                                   batch_size=b, board_size=k, board_images=n,
                                   meta_interval=FLAGS.meta_interval,
                                   learning_rate=FLAGS.accuracy_lr,
-                                  jit_compile=FLAGS.jit_compile, verbose=0, **extra)
+                                  jit_compile=FLAGS.jit_compile, verbose=0,
+                                  trace_meta={"auto": None, "true": True,
+                                              "false": False}[FLAGS.trace_meta], **extra)
     strategy = tf.distribute.get_strategy()
     sampler = trainer.Sampler(space, config.prior, config.skip_prob, config.macs_range,
                               config.seed)
@@ -157,11 +162,14 @@ def main(argv):
         start = time.perf_counter()
         meta(0)
         first = time.perf_counter() - start
-        print(f"  meta: first update {first:.1f} s (eager)", flush=True)
+        mode = "traced: includes the trace" if config.meta_traced else "eager"
+        print(f"  meta: first update {first:.1f} s ({mode})", flush=True)
         results["meta"], _ = timing.median_time(meta, FLAGS.meta_steps, 0)
         rows["meta"] = timing.peak_rss_mb()
         print(f"  meta: {results['meta'] * 1e3:.1f} ms/update", flush=True)
     traces = {"step": steps.step.experimental_get_tracing_count()}
+    if "meta" in parts and config.meta_traced:
+        traces["meta"] = steps._meta_step.experimental_get_tracing_count()
     if "input" in parts:
         splits, info = data_lib.load(FLAGS.dataset, r)
         # the release's full search recipe, whatever the dataset recommends (digits: none)
@@ -186,8 +194,8 @@ def main(argv):
     if "meta" in results and "cream" in results:
         amort = results["meta"] / FLAGS.meta_interval
         share = amort / (results["cream"] + amort)
-        print(f"meta amortised over {FLAGS.meta_interval} steps: {amort * 1e3:.2f} ms/step "
-              f"= {share:.1%} of the total")
+        print(f"meta ({'traced' if config.meta_traced else 'eager'}) amortised over "
+              f"{FLAGS.meta_interval} steps: {amort * 1e3:.2f} ms/step = {share:.1%} of the total")
     if "input" in results and "cream" in results:
         print(f"input pipeline / cream step consumption: {results['cream'] / results['input']:.1f}x")
     if FLAGS.accuracy_steps:

@@ -243,6 +243,7 @@ class SearchConfig:
     jit_compile: bool = False          # XLA for the step; single-device only
     max_bad_steps: int = 20            # stop after this many non-finite steps in a row
     mixed_precision: str | None = None  # None, 'mixed_bfloat16' or 'mixed_float16' (loss scaling)
+    trace_meta: bool | None = None     # None: traced iff the search makes >= 100 meta updates
 
     def __post_init__(self):
         ints = ("epochs", "steps_per_epoch", "batch_size", "board_size", "board_images",
@@ -269,6 +270,20 @@ class SearchConfig:
             raise ValueError(f"SearchConfig.mixed_precision must be one of "
                              f"{', '.join(map(str, MIXED_PRECISION))}, got "
                              f"{self.mixed_precision!r}")
+        if self.trace_meta not in (None, True, False):
+            raise ValueError(f"SearchConfig.trace_meta must be None (automatic), True or False, "
+                             f"got {self.trace_meta!r}")
+
+    @property
+    def meta_traced(self) -> bool:
+        """Whether the meta update runs as a traced tf.function. Its trace holds every branch
+        four times over (board scoring, teacher, inner step, held-out loss) plus two backward
+        passes, so it costs minutes once; after that an update is far cheaper than an eager one
+        (benchmarks/README.md). Worth it for long searches, not for a few updates."""
+        if self.trace_meta is not None:
+            return bool(self.trace_meta)
+        distill_steps = self.total_steps - self.warmup_steps
+        return distill_steps // self.meta_interval >= 100
 
     @property
     def total_steps(self) -> int:
@@ -596,6 +611,10 @@ class _StepFunctions:
         # One traced step serves warm-up and distillation (a bool tensor picks, via tf.cond): the
         # graph holds every branch of every layer, so each trace costs a lot of start-up time.
         self.step = tf.function(self._train, jit_compile=jit)
+        # The meta update: eager for short searches (eager tf.switch_case runs only the taken
+        # branch, no trace), traced for long ones (SearchConfig.meta_traced).
+        self._meta_step = (tf.function(self._meta_replicas, jit_compile=jit)
+                           if config.meta_traced else self._meta_replicas)
 
     @staticmethod
     def _local(tensor, size):
@@ -679,12 +698,8 @@ class _StepFunctions:
                 "teacher": self.strategy.experimental_local_results(index)[0]}
 
     def meta(self, images, labels, val_images, val_labels, path) -> bool:
-        """One meta-gradient update of the matching network; True if it was applied.
-
-        Eager (eager tf.switch_case runs only the taken branch; no trace). A traced variant
-        disagreed with it by a constant factor in a slow test, so it is not offered until that is
-        understood."""
-        return bool(self._meta_replicas(images, labels, val_images, val_labels, path).numpy())
+        """One meta-gradient update of the matching network; True if it was applied."""
+        return bool(self._meta_step(images, labels, val_images, val_labels, path).numpy())
 
     def _meta_replicas(self, images, labels, val_images, val_labels, path):
         """The replica work of `meta`; returns 1 (int32) if the update was applied."""

@@ -63,6 +63,20 @@ def test_config_validation():
         trainer.SearchConfig(batch_size=0)
     with pytest.raises(ValueError, match="weight_decay"):
         trainer.PathSGD(lambda v: None, 1, weight_decay=1e-4)
+    with pytest.raises(ValueError, match="trace_meta"):
+        trainer.SearchConfig(trace_meta="yes")
+
+
+def test_meta_step_traced_for_long_searches_only():
+    """The rule of thumb: tracing the meta update costs minutes once, so it pays off from ~100
+    updates on (small.flags makes 20, the release's ImageNet search 500)."""
+    assert not trainer.SearchConfig(epochs=15, steps_per_epoch=100, warmup_epochs=5,
+                                    meta_interval=50).meta_traced
+    assert trainer.SearchConfig(epochs=3, steps_per_epoch=1000, warmup_epochs=1,
+                                meta_interval=20).meta_traced  # exactly 100 updates
+    assert trainer.SearchConfig().meta_traced  # the release's ImageNet search
+    assert trainer.SearchConfig(trace_meta=False).meta_traced is False
+    assert trainer.SearchConfig(epochs=1, warmup_epochs=0, trace_meta=True).meta_traced
 
 
 def test_off_path_ops_stay_bit_identical_and_one_trace_serves_all_paths():
@@ -142,6 +156,53 @@ def test_two_replicas_step_like_one_device():
         np.testing.assert_allclose(two, one, rtol=1e-3, atol=1e-3 * scale)
         moved += bool(np.abs(one).max() > 1e-3 * scale)
     assert moved > 10
+
+
+@pytest.mark.slow  # tracing the meta step takes a minute or two on 2 cores
+def test_traced_meta_update_equals_eager():
+    """SearchConfig.trace_meta: the traced meta update moves M as the eager one does.
+
+    Conditioning matters here as much as correctness. The meta-objective differentiates a
+    held-out loss after a simulated SGD step through training-mode BatchNorm over a few images,
+    and graph-mode kernel fusion changes the forward by ~1e-4. Measured on this TINY space
+    (meta slice 4): a 1e-6 relative change of the input moves the eager meta-gradient by 5e-3
+    at a student learning rate of 0.1 and by 3e-4 at 0.01; traced and eager differ by 2e-4 and
+    2e-5. (A slice of 2 at learning rate 1.0 made them differ by a factor.) So this compares
+    them at 0.01, where float32 rounding cannot reach the tolerance.
+    """
+    x = tf.random.stateless_uniform([8, 32, 32, 3], seed=[7, 8])
+    y = tf.constant(np.arange(8) % 10, tf.int32)
+    rng = np.random.default_rng(0)
+    board_images = rng.normal(size=(3, 2, 32, 32, 3)).astype(np.float32)
+    board_probs = rng.dirichlet(np.ones(10), size=(3, 2)).astype(np.float32)
+    results = []
+    for traced in (False, True):
+        tf.keras.utils.set_random_seed(3)
+        config = trainer.SearchConfig(epochs=1, steps_per_epoch=10, warmup_epochs=0, batch_size=8,
+                                      learning_rate=0.01, board_size=3, board_images=2,
+                                      meta_slice=4, meta_lr=1.0, seed=3, trace_meta=traced)
+        assert config.meta_traced is traced
+        state = trainer._SearchState(TINY, config, tf.distribute.get_strategy())
+        sampler = trainer.Sampler(TINY, config.prior, None, None, 3)
+        for j in range(3):
+            path = sampler.sample(100 + j)
+            state.board.update(path, 90.0 - j, sampler.path_macs(path), board_images[j],
+                               board_probs[j])
+        steps = trainer._StepFunctions(state)
+        before = [v.numpy().copy() for v in state.matching.trainable_variables]
+        for _ in range(2):  # the second call must reuse the trace
+            assert steps.meta(x, y, x[4:], y[4:], tf.constant(sampler.sample(0), tf.int32))
+        if traced:
+            assert steps._meta_step.experimental_get_tracing_count() == 1
+        after = [v.numpy() for v in state.matching.trainable_variables]
+        results.append((before, [a - b for a, b in zip(after, before)]))
+    (start_e, eager), (start_t, traced) = results
+    for a, b in zip(start_e, start_t):
+        np.testing.assert_array_equal(a, b)
+    scale = max(np.abs(d).max() for d in eager)
+    assert scale > 1e-4  # the test has something to compare
+    for e, t in zip(eager, traced):  # the same update, up to float32 rounding
+        np.testing.assert_allclose(t, e, rtol=1e-3, atol=1e-3 * scale)
 
 
 class _Stop(Exception):
