@@ -56,6 +56,8 @@ flags.DEFINE_integer("accuracy_steps", 0, "after timing, train this many CE step
 flags.DEFINE_float("accuracy_lr", 0.1, "learning rate of the search step (it only matters "
                    "for --accuracy_steps; small.flags: 3.2 per 1024 images = 0.1 at 32)")
 flags.DEFINE_integer("accuracy_paths", 5, "paths evaluated after --accuracy_steps")
+flags.DEFINE_integer("seed", 0, "initial weights, paths, and the data order of "
+                     "--accuracy_steps (another seed shows the run-to-run spread)")
 
 
 STARTED = time.perf_counter()
@@ -93,7 +95,7 @@ def main(argv):
                                   batch_size=b, board_size=k, board_images=n,
                                   meta_interval=FLAGS.meta_interval,
                                   learning_rate=FLAGS.accuracy_lr,
-                                  jit_compile=FLAGS.jit_compile, verbose=0,
+                                  jit_compile=FLAGS.jit_compile, verbose=0, seed=FLAGS.seed,
                                   trace_meta={"auto": None, "true": True,
                                               "false": False}[FLAGS.trace_meta], **extra)
     strategy = tf.distribute.get_strategy()
@@ -218,7 +220,7 @@ def short_run_accuracy(state, steps, sampler, space, b, initial, tf, np):
     for m in state.path_optimizer.momentums:
         m.assign(tf.zeros_like(m))
     splits, info = data_lib.load(FLAGS.dataset, space.resolution)
-    train_ds, val_ds = data_lib.search_inputs(splits, info, space.resolution, seed=0)
+    train_ds, val_ds = data_lib.search_inputs(splits, info, space.resolution, seed=FLAGS.seed)
     total = FLAGS.accuracy_steps
     batches = iter(train_ds.batch(b, drop_remainder=True).prefetch(2))
     for i in range(total):
