@@ -9,7 +9,10 @@ Times, in one process, as the median of many steps after warm-up (each step a di
   (b) cream: the full Cream step (batched board scoring over K*n stored images, teacher choice,
       teacher forward, Cream loss) plus the host-side board update, as `trainer.search` runs it;
   (c) meta: one meta-gradient update of the matching network (run once per --meta_interval);
-  (d) input: `data.search_inputs` alone (batches per second of the training pipeline).
+  (d) input: `data.search_inputs` alone (batches per second of the training pipeline);
+  (e) child (not in the defaults): for --child_paths of the paths, the plain step on that path
+      against the same path as a standalone Keras child network (`child.build`) trained with Keras
+      SGD: what the supernet machinery costs on top of TensorFlow running that network.
 The floor is path MACs x 3 (forward + backward) x batch over the MAC rate this CPU reaches on a
 large float32 matrix product, measured in the same run. The step functions are trainer's own
 (`_SearchState`, `_StepFunctions`), on fixed input tensors, so (a)-(c) exclude the input pipeline.
@@ -47,6 +50,7 @@ flags.DEFINE_enum("trace_meta", "auto", ["auto", "true", "false"], "trace the me
 flags.DEFINE_string("dataset", "digits", "dataset for (d): digits or synthetic")
 flags.DEFINE_integer("matmul_size", 2048, "size of the float32 matmul measuring the MAC rate")
 flags.DEFINE_list("parts", "floor,plain,cream,meta,input", "what to measure")
+flags.DEFINE_integer("child_paths", 6, "paths compared by the 'child' part")
 flags.DEFINE_integer("threads", 0, "TensorFlow intra-op threads (0 = TensorFlow's default, one "
                      "per core); torch_release_step.py has the same flag")
 flags.DEFINE_integer("accuracy_steps", 0, "after timing, train this many CE steps on the dataset "
@@ -169,6 +173,8 @@ def main(argv):
         results["meta"], _ = timing.median_time(meta, FLAGS.meta_steps, 0)
         rows["meta"] = timing.peak_rss_mb()
         print(f"  meta: {results['meta'] * 1e3:.1f} ms/update", flush=True)
+    if "child" in parts:
+        child_vs_supernet(state, steps, paths[:FLAGS.child_paths], images, labels, config, tf, np)
     traces = {"step": steps.step.experimental_get_tracing_count()}
     if "meta" in parts and config.meta_traced:
         traces["meta"] = steps._meta_step.experimental_get_tracing_count()
@@ -207,6 +213,42 @@ def main(argv):
               f"({', '.join(f'{a:.1f}' for a in accuracy)})")
     print(f"load average after: {os.getloadavg()[0]:.2f}; wall time "
           f"{time.perf_counter() - STARTED:.0f} s")
+
+
+def child_vs_supernet(state, steps, paths, images, labels, config, tf, np):
+    """Per path: median plain (supernet) step against the median step of that path's child
+    network with Keras SGD (same momentum, Nesterov, label smoothing), both traced."""
+    import keras
+
+    from cream_tf import child as child_lib
+    from cream_tf.supernet import nested_path
+
+    space = state.space
+    rows = []
+    for path in paths:
+        p = tf.constant(path, tf.int32)
+        plain, _ = timing.median_time(lambda i: steps.warmup(images, labels, p)["loss"].numpy(),
+                                      10, 2)
+        net = child_lib.build(nested_path(path, space), space)
+        opt = keras.optimizers.SGD(0.1, momentum=config.momentum, nesterov=config.nesterov)
+        loss_fn = keras.losses.CategoricalCrossentropy(from_logits=True,
+                                                       label_smoothing=config.label_smoothing)
+        targets = tf.one_hot(labels, space.num_classes)
+
+        @tf.function
+        def child_step():
+            with tf.GradientTape() as tape:
+                loss = loss_fn(targets, net(images, training=True))
+            opt.apply(tape.gradient(loss, net.trainable_variables), net.trainable_variables)
+            return loss
+
+        alone, _ = timing.median_time(lambda i: child_step().numpy(), 10, 2)
+        rows.append((plain, alone))
+        print(f"  child {[int(o) for o in path]}: supernet plain {plain * 1e3:.1f} ms, child "
+              f"{alone * 1e3:.1f} ms ({plain / alone:.2f}x)", flush=True)
+    plain, alone = (float(np.mean(c)) for c in zip(*rows))
+    print(f"child part: mean over {len(rows)} paths: supernet plain step {plain * 1e3:.1f} ms, "
+          f"child network step {alone * 1e3:.1f} ms: the supernet costs {plain / alone:.2f}x")
 
 
 def short_run_accuracy(state, steps, sampler, space, b, initial, tf, np):

@@ -23,8 +23,31 @@ from cream_tf import blocks
 from cream_tf import child as child_lib
 from cream_tf.space import Space
 
+try:  # TF-internal; without it, tf.switch_case (correct, slower, see switch)
+    from tensorflow.python.ops import cond_v2 as _cond_v2
+except ImportError:  # pragma: no cover
+    _cond_v2 = None
+
 __all__ = ["ChoiceLayer", "SuperNet", "inherit_weights", "path_tensor", "VariableOwner",
            "choice_prefix", "nested_path"]
+
+
+def switch(index, branch_fns):
+    """`tf.switch_case` that, inside a traced function, stays one `Case` op running one branch.
+
+    By default TensorFlow lowers a traced `Case` into Switch/Merge nodes: every node of every
+    untaken branch, forward and backward, then stays in the step's graph and is processed
+    (as dead) on every step. For a supernet, where each layer has six branches and one runs,
+    that executor work dominated the step at small resolutions: a profile of the plain step
+    showed the host idle between kernels for 41 ms per step against 24 ms for the same path as a
+    child network. Keeping the `Case` op (`lower_using_switch_merge=False`) runs the taken
+    branch as a function call; the gradient `Case` keeps the setting. Measured in
+    benchmarks/README.md. Eagerly, and under XLA (which compiles a Case to one conditional
+    either way), it is `tf.switch_case`.
+    """
+    if _cond_v2 is None or tf.executing_eagerly():
+        return tf.switch_case(index, branch_fns)
+    return _cond_v2.indexed_case(index, branch_fns, lower_using_switch_merge=False)
 
 
 def choice_prefix(stage: int, index: int) -> str:
@@ -81,7 +104,7 @@ class ChoiceLayer(keras.layers.Layer):
                 return lambda: tf.identity(x)
             return lambda: branch(x, training=training)
 
-        return tf.switch_case(index, [run(b) for b in self.branches])
+        return switch(index, [run(b) for b in self.branches])
 
     def compute_output_shape(self, input_shape):
         s = self.spec

@@ -63,6 +63,46 @@ def test_one_trace_serves_every_path(net):
     assert len(outs) > 1  # different paths really compute different things
 
 
+def test_traced_choice_stays_one_case_op_and_matches_eager(net):
+    """supernet.switch: traced, each choice (and its gradient) is one Case op that is not lowered
+    to Switch/Merge, so untaken branches cost nothing per step; values and gradients equal eager
+    execution (which runs the taken branch directly)."""
+    space = net.space
+    rng = np.random.default_rng(2)
+    x = tf.constant(rng.normal(size=(4, 32, 32, 3)).astype(np.float32))
+    variables = net.trainable_variables
+
+    def loss_and_grads(p):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(tf.square(net(x, path=p, training=True)))
+        return loss, tape.gradient(loss, variables)
+
+    traced = tf.function(loss_and_grads)
+    flat = _random_paths(space, rng, 1)[0]
+    graph = traced.get_concrete_function(tf.TensorSpec([space.num_layers], tf.int32)).graph
+    cases = [op for op in graph.get_operations() if op.type in ("Case", "StatelessCase")]
+    assert len(cases) == 2 * space.num_layers  # forward and gradient, per choice
+    assert all(op.get_attr("_lower_using_switch_merge") is False for op in cases)
+    stats = [v.numpy() for v in net.non_trainable_variables]
+    want_loss, want = loss_and_grads(net.path_tensor(flat))
+    for v, s in zip(net.non_trainable_variables, stats):  # the same BN statistics for both
+        v.assign(s)
+    got_loss, got = traced(net.path_tensor(flat))
+    np.testing.assert_allclose(got_loss.numpy(), want_loss.numpy(), rtol=1e-5)
+    # tolerance relative to the largest gradient: some (BN shifts before another BN) are only
+    # float32 rounding noise in either mode
+    scale = max(np.abs(w.numpy()).max() for w in want if w is not None)
+    used = 0
+    for v, w, g in zip(variables, want, got):
+        if w is None:  # eager: an untaken branch has no gradient; traced: zeros
+            assert not np.any(g.numpy()), v.path
+            continue
+        used += 1
+        np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=1e-3, atol=1e-4 * scale,
+                                   err_msg=v.path)
+    assert used > 10
+
+
 def test_variable_owners_cover_every_variable(net):
     space = net.space
     owners = net.variable_owners(net.weights)
