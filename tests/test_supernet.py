@@ -103,6 +103,32 @@ def test_traced_choice_stays_one_case_op_and_matches_eager(net):
     assert used > 10
 
 
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_switch_value_and_gradient_in_every_mode(jit_compile):
+    """supernet.switch: eager, traced and under XLA, the chosen branch's value and gradient; an
+    untaken branch's variable gets a zero gradient when traced (None eagerly)."""
+    from cream_tf.supernet import switch
+
+    w = tf.Variable([1.0, 2.0])
+    u = tf.Variable([3.0, 4.0])
+
+    def run(index):
+        with tf.GradientTape() as tape:
+            y = switch(index, [lambda: w * w, lambda: u * 3.0])
+            total = tf.reduce_sum(y)
+        return y, tape.gradient(total, [w, u])
+
+    traced = tf.function(run, jit_compile=jit_compile)
+    for index, want_y, want_w, want_u in ((0, [1.0, 4.0], [2.0, 4.0], [0.0, 0.0]),
+                                          (1, [9.0, 12.0], [0.0, 0.0], [3.0, 3.0])):
+        for fn in (run, traced):
+            y, (gw, gu) = fn(tf.constant(index))
+            np.testing.assert_allclose(y.numpy(), want_y)
+            for g, want in ((gw, want_w), (gu, want_u)):
+                np.testing.assert_allclose(np.zeros(2) if g is None else g.numpy(), want)
+    assert traced.experimental_get_tracing_count() == 1
+
+
 def test_variable_owners_cover_every_variable(net):
     space = net.space
     owners = net.variable_owners(net.weights)
