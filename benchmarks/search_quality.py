@@ -549,8 +549,8 @@ _SETTINGS = ("dataset", "prior", "space", "layout", "depth", "resolution", "widt
              "flops_min", "flops_max", "batch_size", "search_epochs", "steps_per_epoch",
              "warmup_epochs", "lr", "board_size", "board_images", "meta_interval",
              "select_bn_batches", "tune_trials", "tune_epochs", "tau_paths", "tau_seed",
-             "tau_supernets",
-             "retrain_epochs", "retrain_lr", "retrain_dropout", "ema_decay", "workdir", "out")
+             "tau_supernets", "retrain_epochs", "retrain_lr", "retrain_dropout", "ema_decay",
+             "workdir", "out")
 
 
 def report(results: dict, values: dict):
