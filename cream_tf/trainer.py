@@ -278,8 +278,9 @@ class SearchConfig:
     def meta_traced(self) -> bool:
         """Whether the meta update runs as a traced tf.function. Its trace holds every branch
         four times over (board scoring, teacher, inner step, held-out loss) plus two backward
-        passes, so it costs minutes once; after that an update is far cheaper than an eager one
-        (benchmarks/README.md). Worth it for long searches, not for a few updates."""
+        passes, so it costs a minute or more once (48 s for small.flags' space on 2 CPU cores);
+        after that an update is ~12x cheaper than an eager one (benchmarks/README.md). Worth it
+        for long searches, not for a few updates."""
         if self.trace_meta is not None:
             return bool(self.trace_meta)
         distill_steps = self.total_steps - self.warmup_steps
