@@ -1,20 +1,37 @@
-"""Test setup: two logical CPU devices so MirroredStrategy runs with 2 replicas.
+"""Test setup: two logical CPU devices so MirroredStrategy runs with 2 replicas, TF op determinism,
+and a fixed seed at the start of every test.
 
-This must happen before TensorFlow initialises its runtime, hence at import time of conftest.
+Determinism is what lets a test assert on a trained model: on two threads TensorFlow's float
+reductions are not bit-reproducible by default, so a threshold on a training outcome would pass or
+fail by chance. With op determinism and a seed per test, a test computes the same numbers on every
+run, whatever ran before it (`python tests/repeat.py NODEID` proves it for a chosen test).
+
+The device setup must happen before TensorFlow initialises its runtime, hence at import time.
 """
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import keras  # noqa: E402
+import pytest  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 _cpus = tf.config.list_physical_devices("CPU")
 tf.config.set_logical_device_configuration(
     _cpus[0], [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
+tf.config.experimental.enable_op_determinism()
+SEED = 0
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: end-to-end cases; run alone with -m slow")
+
+
+@pytest.fixture(autouse=True)
+def _seeded():
+    """Every test starts from the same Python, NumPy, TF and Keras random state, so its numbers
+    do not depend on the order tests run in (a module fixture seeds itself when it trains)."""
+    keras.utils.set_random_seed(SEED)
 
 
 _MIRRORED = []

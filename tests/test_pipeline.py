@@ -38,11 +38,12 @@ def versions(folder):
 
 
 @pytest.mark.slow
-def test_small_flags_end_to_end_with_fewer_steps(tmp_path):
+def test_small_flags_end_to_end_with_fewer_steps(tmp_path, record_property):
     workdir = tmp_path / "small"
+    # --deterministic: the accuracy checked below is the same on every run
     args = ["--flags=configs/small.flags", f"--workdir={workdir}", "--search_epochs=2",
             "--warmup_epochs=1", "--steps_per_epoch=10", "--meta_interval=5",
-            "--retrain_epochs=4"]
+            "--retrain_epochs=4", "--deterministic"]
     result = run(args, ROOT)
     assert result.returncode == 0, result.stderr[-4000:]
     out = result.stdout
@@ -52,6 +53,7 @@ def test_small_flags_end_to_end_with_fewer_steps(tmp_path):
         assert label in summary, summary
 
     s = read(workdir / "summary.json")
+    record_property("test_accuracy", s["test_accuracy"])
     assert s["test_accuracy"] > 0.3, s  # 10 classes: chance is 0.1
     assert 0 < s["macs"] <= 1_200_000  # small.flags: --flops_max=1.2 (M MACs)
     board = read(workdir / "search" / "board.json")
@@ -116,6 +118,11 @@ def test_each_mode_in_turn_and_a_killed_export_resumes(tmp_path):
     assert retrained.returncode == 0, retrained.stderr[-4000:]
     result = read(workdir / "retrain" / "result.json")
     assert (workdir / "retrain" / "final.keras").is_file()
+    # a rerun on the finished retraining returns it (result.json has one writer)
+    again = run(["--mode=retrain", *common], tmp_path)
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert "holds a finished run" in again.stdout + again.stderr
+    assert read(workdir / "retrain" / "result.json") == result
 
     export = workdir / "export"
     killed = run(["--mode=export", *common], tmp_path, prelude=KILL_AT_INT8)

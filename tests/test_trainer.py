@@ -211,45 +211,41 @@ class _Stop(Exception):
 
 @pytest.mark.slow
 def test_resume_continues_exactly(tmp_path):
-    tf.config.experimental.enable_op_determinism()
-    try:
-        train, held_out = digits()
-        config = trainer.SearchConfig(epochs=3, steps_per_epoch=4, warmup_epochs=1, batch_size=8,
-                                      learning_rate=0.2, board_size=3, board_images=2,
-                                      meta_interval=3, meta_slice=2, checkpoint_interval=5,
-                                      seed=11, verbose=0)
-        full = trainer.search(TINY, *_datasets(train, held_out), str(tmp_path / "full"), config)
+    assert tf.config.experimental.is_op_determinism_enabled()  # conftest: exact equality needs it
+    train, held_out = digits()
+    config = trainer.SearchConfig(epochs=3, steps_per_epoch=4, warmup_epochs=1, batch_size=8,
+                                  learning_rate=0.2, board_size=3, board_images=2,
+                                  meta_interval=3, meta_slice=2, checkpoint_interval=5,
+                                  seed=11, verbose=0)
+    full = trainer.search(TINY, *_datasets(train, held_out), str(tmp_path / "full"), config)
 
-        def interrupt(step, logs):
-            if step == 6:  # after the checkpoint at 5: steps 6 and 7 are redone after resume
-                raise _Stop
+    def interrupt(step, logs):
+        if step == 6:  # after the checkpoint at 5: steps 6 and 7 are redone after resume
+            raise _Stop
 
-        with pytest.raises(_Stop):
-            trainer.search(TINY, *_datasets(train, held_out), str(tmp_path / "cut"), config,
-                           callback=interrupt)
-        resumed = trainer.search(TINY, *_datasets(train, held_out), str(tmp_path / "cut"), config)
-        assert full.board.entries() == resumed.board.entries()
-        for name in ("images", "probs", "paths", "scores", "macs", "size"):
-            np.testing.assert_array_equal(getattr(full.board, name).numpy(),
-                                          getattr(resumed.board, name).numpy())
-        for a, b in zip(full.supernet.weights, resumed.supernet.weights):
-            np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
-        for a, b in zip(full.matching.weights, resumed.matching.weights):
-            np.testing.assert_array_equal(a.numpy(), b.numpy())
-        assert full.last_logs["loss"] == resumed.last_logs["loss"]
-        with open(tmp_path / "cut" / "board.json") as f:
-            assert len(json.load(f)) == int(resumed.board.size.numpy())
-        # a different search in the same workdir is refused
-        with pytest.raises(ValueError, match="different search"):
-            trainer.search(TINY, *_datasets(train, held_out), str(tmp_path / "cut"),
-                           trainer.SearchConfig(**{**config.to_dict(), "seed": 12}))
-    finally:
-        from tensorflow.python.framework import config as tf_config
-        tf_config.disable_op_determinism()
+    with pytest.raises(_Stop):
+        trainer.search(TINY, *_datasets(train, held_out), str(tmp_path / "cut"), config,
+                       callback=interrupt)
+    resumed = trainer.search(TINY, *_datasets(train, held_out), str(tmp_path / "cut"), config)
+    assert full.board.entries() == resumed.board.entries()
+    for name in ("images", "probs", "paths", "scores", "macs", "size"):
+        np.testing.assert_array_equal(getattr(full.board, name).numpy(),
+                                      getattr(resumed.board, name).numpy())
+    for a, b in zip(full.supernet.weights, resumed.supernet.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy(), err_msg=a.path)
+    for a, b in zip(full.matching.weights, resumed.matching.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert full.last_logs["loss"] == resumed.last_logs["loss"]
+    with open(tmp_path / "cut" / "board.json") as f:
+        assert len(json.load(f)) == int(resumed.board.size.numpy())
+    # a different search in the same workdir is refused
+    with pytest.raises(ValueError, match="different search"):
+        trainer.search(TINY, *_datasets(train, held_out), str(tmp_path / "cut"),
+                       trainer.SearchConfig(**{**config.to_dict(), "seed": 12}))
 
 
 @pytest.mark.slow
-def test_search_on_digits_finds_paths_better_than_random(tmp_path):
+def test_search_on_digits_finds_paths_better_than_random(tmp_path, record_property):
     space = Space("mbconv", depth=2, resolution=32, width=0.25, num_classes=10)
     train, held_out = digits()
     # A supernet on random paths stays near chance for a few hundred steps before it learns
@@ -282,6 +278,9 @@ def test_search_on_digits_finds_paths_better_than_random(tmp_path):
         flat = [int(rng.choice(layer.choices)) for layer in space.layers]
         random_acc.append(select_lib.evaluate_path(space, result.supernet, flat, plain_train,
                                                    val_ds, 5, 64))
+    record_property("pick_accuracy", selection.best["accuracy"])
+    record_property("random_path_accuracies", [round(a, 4) for a in random_acc])
+    # op determinism (conftest): the same search, pick and random paths on every run
     assert selection.best["accuracy"] > np.mean(random_acc), (selection.to_text(), random_acc)
     # well above chance (10 %) on held-out digits: a run of this test picked a path at 32.2%
     # (at 300 steps of batch 16 the pick was at 11.6%, near chance)
