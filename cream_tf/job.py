@@ -241,11 +241,29 @@ class Job:
             self.select()
         return cli.read_json(self.select_path)
 
+    def trained_search(self):
+        """The search's supernet and board: the one this run just trained, or its checkpoint.
+
+        Loaded without a trainer, so selecting never resumes a search by accident; a search
+        with steps left is a usage error unless --use_unfinished_search.
+        """
+        if self._search_result is not None:
+            return self._search_result
+        from cream_tf import trainer
+
+        space = self.space
+        try:
+            return trainer.load_search(space, self.search_dir, self.search_config(),
+                                       allow_unfinished=self.s.use_unfinished_search)
+        except trainer.UnfinishedSearch as e:
+            raise cli.UsageError(f"{e} (--mode=search finishes it; --use_unfinished_search "
+                                 f"selects from it as it is)") from None
+
     def select(self):
         from cream_tf import data as data_lib
         from cream_tf import select as select_lib
 
-        result = self.search()
+        result = self.trained_search()
         splits, info = self.data()
         space = self.space
         bn_train = data_lib.eval_pipeline(splits.train, space.resolution,
@@ -312,12 +330,10 @@ class Job:
         finally:
             if scratch:
                 shutil.rmtree(scratch, ignore_errors=True)
-        summary = {"architecture": arch.to_paper(), "val_accuracy": result.val_accuracy,
-                   "test_accuracy": result.test_accuracy, "final": result.final_path,
-                   "best": result.best_path}
-        if _is_chief(self.strategy):
-            cli.write_json(os.path.join(self.retrain_dir, "result.json"), summary)
-        return summary
+        # retrain/result.json is retrain_lib's alone: it reads it back to skip a finished run
+        return {"architecture": arch.to_paper(), "val_accuracy": result.val_accuracy,
+                "test_accuracy": result.test_accuracy, "final": result.final_path,
+                "best": result.best_path}
 
     def trained_model(self):
         """The retrained network (EMA weights when on), retraining first if needed."""
@@ -341,13 +357,6 @@ class Job:
         held_out = data_lib.eval_pipeline(splits.test if splits.test is not None else splits.val,
                                           space.resolution, batch_size=256,
                                           crop_pct=info.eval_crop_pct)
-        images, labels = [], []
-        for x, y in held_out:
-            images.append(x.numpy())
-            labels.append(y.numpy())
-        import numpy as np
-
-        images, labels = np.concatenate(images), np.concatenate(labels)
         calibration = data_lib.eval_pipeline(splits.train, space.resolution, batch_size=32,
                                              crop_pct=info.eval_crop_pct).take(8)
         progress = _ExportProgress(self.export_dir, os.path.join(self.retrain_dir, "final.keras"))
@@ -365,8 +374,9 @@ class Job:
                 overwrite=self.s.overwrite))
         except export_lib.ExportError as e:
             raise cli.UsageError(f"{e} (pass --overwrite to replace it)") from None
+        # batch by batch: memory is bounded by the batch, not by the held-out split
         accuracy = export_lib.compare_accuracy(model, {"tflite_fp32": fp32, "tflite_int8": int8},
-                                               images, labels)
+                                               held_out)
         report = {"keras": keras_path, "saved_model": serving, "tflite_fp32": fp32,
                   "tflite_int8": int8, "accuracy": accuracy,
                   "held_out_split": "test" if splits.test is not None else "val"}
