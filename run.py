@@ -70,6 +70,9 @@ _MAX_BAD_STEPS = flags.DEFINE_integer("max_bad_steps", 20, "Stop the search afte
                                       "steps in a row with a non-finite loss or gradient (each "
                                       "is skipped).")
 # select
+_USE_UNFINISHED_SEARCH = flags.DEFINE_bool("use_unfinished_search", False, "Select from the "
+                                           "search's newest checkpoint even if it has steps left "
+                                           "(by default selection needs a finished search).")
 _SELECT_BN_BATCHES = flags.DEFINE_integer("select_bn_batches", 20, "Training batches that "
                                           "re-estimate BN statistics per board path.")
 # retrain

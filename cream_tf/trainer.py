@@ -366,6 +366,86 @@ def _signature(space: Space, config: SearchConfig) -> dict:
     return json.loads(json.dumps(signature))  # the form it takes after a JSON round trip
 
 
+def _check_signature(workdir: str, space: Space, config: SearchConfig) -> dict:
+    """The search's signature; raises if `workdir` holds a search with another one."""
+    signature = _signature(space, config)
+    sig_path = os.path.join(workdir, "search.json")
+    if os.path.exists(sig_path):
+        with open(sig_path) as f:
+            saved = json.load(f)
+        old = saved.get("signature", {})
+        diff = sorted(k for k in set(old) | set(signature) if old.get(k) != signature.get(k))
+        if diff:
+            raise ValueError(f"workdir {workdir!r} holds a different search (differs in "
+                             f"{', '.join(diff)}); use a new workdir or the same settings")
+    return signature
+
+
+def _latest_checkpoint(workdir: str):
+    """The newest checkpoint prefix under `workdir`/checkpoints (verified readable), or None."""
+    try:
+        latest = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
+    except (tf.errors.OpError, ValueError) as e:
+        raise safety.CheckpointError(
+            f"{os.path.join(workdir, 'checkpoints', 'checkpoint')} cannot be read ({e}); delete it "
+            f"to resume from the newest checkpoint files, or use a new workdir") from None
+    if latest:
+        safety.verify_checkpoint(latest)
+    return latest
+
+
+class UnfinishedSearch(ValueError):
+    """`load_search` found no checkpoint, or one of a search that has steps left."""
+
+
+@dataclasses.dataclass
+class TrainedSearch:
+    """A search's trained supernet and board as its last checkpoint holds them."""
+
+    space: Space
+    supernet: SuperNet
+    board: Board
+    steps: int        # steps the checkpoint has trained
+    total_steps: int  # steps the search was configured for
+
+    @property
+    def finished(self) -> bool:
+        return self.steps >= self.total_steps
+
+
+def load_search(space: Space, workdir: str, config: SearchConfig | None = None,
+                allow_unfinished: bool = False) -> TrainedSearch:
+    """Reads the supernet and board of the search in `workdir` from its newest checkpoint.
+
+    Nothing trains and no step is traced: this is what selection (and anything else that only
+    needs a trained supernet) uses, so it never resumes a search by accident and its memory is
+    the supernet's. A search with steps left raises `UnfinishedSearch` (saying how many) unless
+    `allow_unfinished`; so does a workdir without a checkpoint.
+    """
+    config = config or SearchConfig()
+    _check_signature(workdir, space, config)
+    latest = _latest_checkpoint(workdir)
+    if not latest:
+        raise UnfinishedSearch(f"{workdir} holds no search checkpoint; run the search first")
+    r = space.resolution
+    supernet = SuperNet(space, dropout=config.dropout)
+    board = Board(config.board_size, space.num_layers, config.board_images, (r, r, 3),
+                  space.num_classes, gap=config.board_gap)
+    step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
+    checkpoint = tf.train.Checkpoint(supernet=supernet, board=board, step=step)
+    try:  # the optimizer, matching network and input positions are the trainer's: not needed
+        checkpoint.restore(latest).expect_partial().assert_existing_objects_matched()
+    except (AssertionError, ValueError, tf.errors.OpError) as e:
+        raise safety.checkpoint_error(latest, e) from None
+    result = TrainedSearch(space, supernet, board, int(step.numpy()), config.total_steps)
+    if not result.finished and not allow_unfinished:
+        raise UnfinishedSearch(
+            f"the search in {workdir} has trained {result.steps} of {result.total_steps} steps "
+            f"({result.total_steps - result.steps} left); rerun the search to finish it, or use "
+            f"the supernet as it is")
+    return result
+
+
 def search(space: Space, train_ds: tf.data.Dataset, val_ds: tf.data.Dataset, workdir: str,
            config: SearchConfig | None = None, strategy=None, callback=None) -> SearchResult:
     """Trains a supernet of `space` with Cream's prioritized paths; resumes from `workdir`.
@@ -406,26 +486,11 @@ def search(space: Space, train_ds: tf.data.Dataset, val_ds: tf.data.Dataset, wor
                          "step that applies gradients under a multi-replica strategy)")
     chief, task_id = _worker_info(strategy)
 
-    signature = _signature(space, config)
+    signature = _check_signature(workdir, space, config)
     sig_path = os.path.join(workdir, "search.json")
-    if os.path.exists(sig_path):
-        with open(sig_path) as f:
-            saved = json.load(f)
-        old = saved.get("signature", {})
-        diff = sorted(k for k in set(old) | set(signature) if old.get(k) != signature.get(k))
-        if diff:
-            raise ValueError(f"workdir {workdir!r} holds a different search (differs in "
-                             f"{', '.join(diff)}); use a new workdir or the same settings")
     # Read (and check) the checkpoint before anything is built or written: a corrupted one
     # leaves the workdir exactly as it was.
-    try:
-        latest = tf.train.latest_checkpoint(os.path.join(workdir, "checkpoints"))
-    except (tf.errors.OpError, ValueError) as e:
-        raise safety.CheckpointError(
-            f"{os.path.join(workdir, 'checkpoints', 'checkpoint')} cannot be read ({e}); delete it "
-            f"to resume from the newest checkpoint files, or use a new workdir") from None
-    if latest:
-        safety.verify_checkpoint(latest)
+    latest = _latest_checkpoint(workdir)
 
     sampler = Sampler(space, config.prior, config.skip_prob, config.macs_range, config.seed)
     state = _SearchState(space, config, strategy)

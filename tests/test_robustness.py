@@ -121,6 +121,28 @@ def test_nan_every_step_stops_with_the_step_path_and_last_good_checkpoint(nan_ru
     assert not os.path.exists(os.path.join(workdir, "checkpoints", "ckpt-10.index"))
 
 
+def test_load_search_reads_the_checkpoint_and_refuses_an_unfinished_search(nan_run):
+    """What selection uses: the newest checkpoint (step 8 here) without a trainer."""
+    config = _config(steps_per_epoch=20, max_bad_steps=3)
+    with pytest.raises(trainer.UnfinishedSearch, match=r"trained 8 of 20 steps \(12 left\)"):
+        trainer.load_search(SPACE, nan_run.workdir, config)
+    loaded = trainer.load_search(SPACE, nan_run.workdir, config, allow_unfinished=True)
+    assert (loaded.steps, loaded.total_steps, loaded.finished) == (8, 20, False)
+    weights_at_8 = nan_run.snapshots[8][0]
+    assert len(loaded.supernet.weights) == len(weights_at_8)
+    for v, saved in zip(loaded.supernet.weights, weights_at_8):  # BN statistics included
+        np.testing.assert_array_equal(v.numpy(), saved, err_msg=v.path)
+    # steps 9 and 10 were skipped (NaN), so the board at the end is the board of step 8
+    assert loaded.board.entries() == nan_run.state.board.entries() != []
+    with pytest.raises(ValueError, match="different search"):
+        trainer.load_search(SPACE, nan_run.workdir, _config(steps_per_epoch=21))
+
+
+def test_load_search_without_a_checkpoint_says_so(tmp_path):
+    with pytest.raises(trainer.UnfinishedSearch, match="holds no search checkpoint"):
+        trainer.load_search(SPACE, str(tmp_path), _config())
+
+
 def test_max_bad_steps_is_validated():
     with pytest.raises(ValueError, match="max_bad_steps"):
         _config(max_bad_steps=0)
@@ -345,6 +367,15 @@ def test_sigint_sigterm_checkpoint_and_say_how_to_resume(tmp_path, uninterrupted
     assert f"by {name} after step 5" in lines[0] and "ckpt-5" in lines[0]
     assert "Run the same command again to resume" in lines[0] and "--mode=search" in lines[0]
     assert os.path.exists(os.path.join(workdir, "search", "checkpoints", "ckpt-5.index"))
+    # selection needs a finished search: it says how many steps are left, and trains nothing
+    early = run_search(workdir, extra=["--mode=select"])
+    assert early.returncode == 2, early.stderr[-3000:]
+    errors = [l for l in early.stderr.splitlines() if l.startswith("run.py: error:")]
+    assert len(errors) == 1 and "trained 5 of 12 steps (7 left)" in errors[0], early.stderr
+    assert "--use_unfinished_search" in errors[0]
+    assert not os.path.exists(os.path.join(workdir, "select"))
+    assert tf.train.latest_checkpoint(os.path.join(workdir, "search", "checkpoints")).endswith(
+        "ckpt-5")
     resumed = run_search(workdir)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert final_state(workdir) == uninterrupted
