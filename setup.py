@@ -24,7 +24,7 @@ setup(
     extras_require={
         # Everything the test suite exercises: plots, the Bayesian oracle, the release's PyTorch
         # checkpoints (CPU build, pinned: an unpinned torch pulls GBs of CUDA) and ONNX.
-        "test": ["pytest>=7", "hypothesis>=6.80", "matplotlib>=3.7", "scipy>=1.10",
+        "test": ["pytest>=7", "pytest-xdist>=3.5", "hypothesis>=6.80", "matplotlib>=3.7", "scipy>=1.10",
                  "torch==2.13.0", "tf2onnx>=1.17,<2", "onnx>=1.17", "onnxruntime>=1.20"],
         "plots": ["matplotlib>=3.7"],
         "bayesian": ["scipy>=1.10"],
