@@ -15,7 +15,7 @@ Times, in one process, as the median of many steps after warm-up (each step a di
       SGD: what the supernet machinery costs on top of TensorFlow running that network.
 The floor is path MACs x 3 (forward + backward) x batch over the MAC rate this CPU reaches on a
 large float32 matrix product, measured in the same run. The step functions are trainer's own
-(`_SearchState`, `_StepFunctions`), on fixed input tensors, so (a)-(c) exclude the input pipeline.
+(`benchmarks/harness.py`), on fixed input tensors, so (a)-(c) exclude the input pipeline.
 """
 import os
 import sys
@@ -84,6 +84,7 @@ def main(argv):
     if FLAGS.threads:
         tf.config.threading.set_intra_op_parallelism_threads(FLAGS.threads)
 
+    from benchmarks import harness
     from cream_tf import data as data_lib
     from cream_tf import trainer
     from cream_tf.space import Space
@@ -103,8 +104,6 @@ def main(argv):
                                   trace_meta={"auto": None, "true": True,
                                               "false": False}[FLAGS.trace_meta], **extra)
     strategy = tf.distribute.get_strategy()
-    sampler = trainer.Sampler(space, config.prior, config.skip_prob, config.macs_range,
-                              config.seed)
     load = os.getloadavg()
     rows = {}
     print(f"space={space.name} depth={FLAGS.depth} resolution={space.resolution} "
@@ -113,47 +112,14 @@ def main(argv):
           f"load={load[0]:.2f}", flush=True)
 
     rate = mac_rate(tf, FLAGS.matmul_size) if "floor" in parts else None
-    state = trainer._SearchState(space, config, strategy)
-    steps = trainer._StepFunctions(state)
+    bench = harness.StepBench(space, config, strategy, seed=0)
+    state, steps = bench.state, bench.steps
     initial = [tf.identity(v) for v in state.supernet.weights]  # for --accuracy_steps
-    board = state.board
     r = space.resolution
-    rng = np.random.default_rng(0)
-    images = tf.constant(rng.normal(size=(b, r, r, 3)).astype(np.float32))
-    labels = tf.constant(rng.integers(0, space.num_classes, size=b).astype(np.int32))
-    paths = [sampler.sample(s) for s in range(FLAGS.warmup + FLAGS.steps + 1)]
-    mean_macs = float(np.mean([sampler.path_macs(p) for p in paths]))
-
-    # Fill the board with K entries (distinct paths, distinct scores), as after a warm-up.
-    for j in range(k):
-        path = sampler.sample(10 ** 6 + j)
-        probs = rng.dirichlet(np.ones(space.num_classes), size=n).astype(np.float32)
-        board.update(path, 90.0 - 10.0 * j / k, sampler.path_macs(path),
-                     rng.normal(size=(n, r, r, 3)).astype(np.float32), probs)
-
-    def plain(i):
-        out = steps.warmup(images, labels, tf.constant(paths[i], tf.int32))
-        float(out["loss"].numpy())
-
-    def cream(i):  # the loop body of trainer.search for a distillation step
-        path_np = paths[i]
-        out = steps.distill(images, labels, tf.constant(path_np, tf.int32))
-        host = trainer._host_outputs(out) if hasattr(trainer, "_host_outputs") else None
-        if host is None:
-            accuracy = 100.0 * float(out["correct"].numpy()) / b
-            board.update(path_np, accuracy, sampler.path_macs(path_np), out["images"].numpy(),
-                         out["probs"].numpy())
-            float(out["loss"].numpy()), float(out["rho"].numpy()), int(out["teacher"].numpy())
-        else:
-            board.update(path_np, 100.0 * host["correct"] / b, sampler.path_macs(path_np),
-                         host["images"], host["probs"])
-
-    m = config.meta_slice
-    val_images, val_labels = images[:m], labels[:m]
-
-    def meta(i):
-        steps.meta(images, labels, val_images, val_labels, tf.constant(paths[i], tf.int32))
-        float(state.matching.trainable_variables[0].numpy().sum())
+    images, labels = bench.images, bench.labels
+    paths = [bench.path(s) for s in range(FLAGS.warmup + FLAGS.steps + 1)]
+    mean_macs = float(np.mean([bench.sampler.path_macs(p) for p in paths]))
+    plain, cream, meta = bench.plain, bench.cream, bench.meta
 
     results = {}
     if "plain" in parts:
@@ -175,9 +141,7 @@ def main(argv):
         print(f"  meta: {results['meta'] * 1e3:.1f} ms/update", flush=True)
     if "child" in parts:
         child_vs_supernet(state, steps, paths[:FLAGS.child_paths], images, labels, config, tf, np)
-    traces = {"step": steps.step.experimental_get_tracing_count()}
-    if "meta" in parts and config.meta_traced:
-        traces["meta"] = steps._meta_step.experimental_get_tracing_count()
+    traces = bench.traces()
     if "input" in parts:
         splits, info = data_lib.load(FLAGS.dataset, r)
         # the release's full search recipe, whatever the dataset recommends (digits: none)
@@ -207,7 +171,7 @@ def main(argv):
     if "input" in results and "cream" in results:
         print(f"input pipeline / cream step consumption: {results['cream'] / results['input']:.1f}x")
     if FLAGS.accuracy_steps:
-        accuracy = short_run_accuracy(state, steps, sampler, space, b, initial, tf, np)
+        accuracy = short_run_accuracy(state, steps, bench.sampler, space, b, initial, tf, np)
         print(f"accuracy after {FLAGS.accuracy_steps} steps on {FLAGS.dataset}: mean "
               f"{np.mean(accuracy):.2f}% over {len(accuracy)} inherited paths "
               f"({', '.join(f'{a:.1f}' for a in accuracy)})")

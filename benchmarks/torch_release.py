@@ -268,14 +268,16 @@ class TorchSuperNet(nn.Module):
 # ---------------------------------------------------------------------------------------------
 # Paths
 
-def op_probabilities(space: Space, prior="uniform"):
+def op_probabilities(space: Space, prior="uniform", skip_prob=None):
     """Per-layer op probabilities [layers, ops], as `cream_tf.sampler.op_probabilities(space,
-    prior, skip_prob=None)` computes them for 'uniform' and 'release' (checked by a test)."""
+    prior, skip_prob)` computes them for 'uniform' and 'release' (checked by a test)."""
     skip = space.skip_index
     probs = np.zeros((space.num_layers, len(space.ops)))
     for l, layer in enumerate(space.layers):
         non_skip = [c for c in layer.choices if c != skip]
-        p_skip = 1.0 / len(layer.choices) if skip in layer.choices else 0.0
+        p_skip = 0.0
+        if skip in layer.choices:
+            p_skip = 1.0 / len(layer.choices) if skip_prob is None else float(skip_prob)
         if prior == "uniform":
             w = np.ones(len(non_skip))
         elif prior == "release":
@@ -295,11 +297,12 @@ def op_probabilities(space: Space, prior="uniform"):
 
 class PathSampler:
     """Flat paths per step from a seeded numpy RNG: step t's path is the one
-    `cream_tf.sampler.Sampler(space, prior, seed=seed).sample(t)` draws (no MACs range)."""
+    `cream_tf.sampler.Sampler(space, prior, skip_prob, seed=seed).sample(t)` draws (no MACs
+    range)."""
 
-    def __init__(self, space: Space, prior="uniform", seed=0):
+    def __init__(self, space: Space, prior="uniform", seed=0, skip_prob=None):
         self.space, self.seed = space, int(seed)
-        self.probs = op_probabilities(space, prior)
+        self.probs = op_probabilities(space, prior, skip_prob)
         self._cum = np.cumsum(self.probs, axis=1)
         for l in range(space.num_layers):
             self._cum[l, np.flatnonzero(self.probs[l])[-1]:] = 2.0

@@ -32,6 +32,7 @@ from absl import app
 from absl import flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from benchmarks import presets  # noqa: E402
 from benchmarks import timing  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -59,6 +60,10 @@ flags.DEFINE_bool("prewarm", True,
 flags.DEFINE_bool("release_scoring", False,
                   "score the board as the release does: K separate grad-enabled forwards")
 flags.DEFINE_list("parts", "plain,cream", "what to measure")
+flags.DEFINE_float("skip_prob", None, "SkipConnect probability where allowed (None: uniform share)")
+flags.DEFINE_enum("preset", None, list(presets.PRESETS), "settings shared with "
+                  "benchmarks/scale.py (they override space, depth, resolution, width, classes, "
+                  "batch, board, prior and skip_prob), so both time the same paths")
 
 
 def _prepare_blocks(torch, net, space, batches, fmt, compile_blocks):
@@ -95,19 +100,21 @@ def main(argv):
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     parts = set(FLAGS.parts)
-    space = Space(FLAGS.space, FLAGS.layout, FLAGS.depth, FLAGS.resolution, FLAGS.width,
-                  FLAGS.num_classes)
-    b, k, n, r = FLAGS.batch_size, FLAGS.board_size, FLAGS.board_images, space.resolution
+    s = presets.apply(FLAGS, FLAGS.preset)
+    space = Space(s["space"], s["layout"], s["depth"], s["resolution"], s["width"],
+                  s["num_classes"])
+    b, k, n, r = s["batch_size"], s["board_size"], s["board_images"], space.resolution
     fmt = torch.channels_last if FLAGS.channels_last else torch.contiguous_format
     load = os.getloadavg()
-    print(f"space={space.name} depth={FLAGS.depth} resolution={r} width={space.width} batch={b} "
-          f"board={k}x{n} prior={FLAGS.prior} channels_last={FLAGS.channels_last} "
+    print(f"space={space.name} depth={s['depth']} resolution={r} width={space.width} batch={b} "
+          f"board={k}x{n} prior={s['prior']} skip_prob={s['skip_prob']} preset={FLAGS.preset} "
+          f"channels_last={FLAGS.channels_last} "
           f"compile={FLAGS.torch_compile} release_scoring={FLAGS.release_scoring} "
           f"| torch={torch.__version__} threads={threads} nproc={os.cpu_count()} "
           f"load={load[0]:.2f}", flush=True)
 
     net = tr.release_init(tr.TorchSuperNet(space)).to(memory_format=fmt)
-    sampler = tr.PathSampler(space, FLAGS.prior, FLAGS.seed)
+    sampler = tr.PathSampler(space, s["prior"], FLAGS.seed, s["skip_prob"])
     # Same data, in the same RNG order, as search_step.py (NHWC there, NCHW here).
     rng = np.random.default_rng(0)
     images = torch.from_numpy(rng.normal(size=(b, r, r, 3)).astype(np.float32)

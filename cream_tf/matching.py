@@ -212,7 +212,8 @@ def _add(a, b):
 
 def meta_gradients(model, path, matching, board_images, board_probs, board_size,
                    x_kd, y_kd, x_val, y_val, lr, label_smoothing, global_batch_size,
-                   *, board_paths=None, inner_loss: str = "kd", training: bool = True):
+                   *, board_paths=None, inner_loss: str = "kd", training: bool = True,
+                   forward=None):
     """Gradient of M's meta-objective (CREAM_SPEC section 7, with the section 9 fix).
 
     1. The student (`path`) scores every board entry in one batched forward
@@ -229,8 +230,8 @@ def meta_gradients(model, path, matching, board_images, board_probs, board_size,
     5. Cross-entropy (label smoothing) of the student with w' on (x_val, y_val), reduced with
        compute_average_loss; returns its gradient w.r.t. `matching.trainable_variables`.
 
-    All forwards use `model.stateless_call(trainable, non_trainable, x, path=..., training=...)`:
-    the model's variables (BatchNorm statistics included) are left untouched.
+    All forwards are stateless (`forward`, by default `model.stateless_call`): the model's
+    variables (BatchNorm statistics included) are left untouched.
 
     Under a multi-replica strategy the all-reduce is a synchronization point: call this (and the
     M optimizer's apply_gradients) from a replica function of its own, chosen on the host every
@@ -249,6 +250,9 @@ def meta_gradients(model, path, matching, board_images, board_probs, board_size,
       board_paths: `board.paths` [K, L], required: the teacher path comes from it.
       inner_loss: 'kd' or 'cream' (see 3).
       training: mode of every forward (release: training mode).
+      forward: optional stateless forward of `model`, callable(weights, state, images, path) ->
+        (logits, new_state) such as a `supernet.PathForward` of mode `training`; the training
+        step's own, so the update reuses its trace.
 
     Returns:
       list of gradients, one per `matching.trainable_variables`.
@@ -264,8 +268,11 @@ def meta_gradients(model, path, matching, board_images, board_probs, board_size,
     weights = [tf.identity(v.value) for v in variables]
     state = [tf.identity(v.value) for v in model.non_trainable_variables]
 
-    def forward(w, x, p):
-        logits, _ = model.stateless_call(w, state, x, path=p, training=training)
+    def forward(w, x, p, call=forward):
+        if call is None:
+            logits, _ = model.stateless_call(w, state, x, path=p, training=training)
+        else:
+            logits, _ = call(w, state, x, p)
         return tf.convert_to_tensor(logits)
 
     # 1-2: teacher choice and soft targets; constants with respect to M's weights except rho.

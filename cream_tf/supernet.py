@@ -28,8 +28,8 @@ try:  # TF-internal; without it, tf.switch_case (correct, slower, see switch)
 except ImportError:  # pragma: no cover
     _cond_v2 = None
 
-__all__ = ["ChoiceLayer", "SuperNet", "inherit_weights", "path_tensor", "VariableOwner",
-           "choice_prefix", "nested_path"]
+__all__ = ["ChoiceLayer", "SuperNet", "PathForward", "inherit_weights", "path_tensor",
+           "VariableOwner", "choice_prefix", "nested_path"]
 
 
 def switch(index, branch_fns):
@@ -95,16 +95,40 @@ class ChoiceLayer(keras.layers.Layer):
         # Branch models are built at construction (functional); nothing to create here.
         self.built = True
 
-    def call(self, x, index=None, training=None):
+    def call(self, x, index=None, training=None, scope=None):
+        """`scope`: the `keras.StatelessScope` of a stateless forward (`PathForward`), or None."""
         if index is None:
             raise ValueError(f"{self.name}: pass the op index as index=<int32 scalar tensor>")
+        if scope is None:
+            def run(branch):
+                if branch is None:
+                    return lambda: tf.identity(x)
+                return lambda: branch(x, training=training)
 
-        def run(branch):
-            if branch is None:
-                return lambda: tf.identity(x)
-            return lambda: branch(x, training=training)
+            return switch(index, [run(b) for b in self.branches])
+        # Stateless: a branch's BatchNorm updates are tensors of the branch's own graph, so each
+        # branch returns the new values of every statistic of the layer (its own updated, the
+        # others unchanged) and the scope takes them from the switch's outputs.
+        stats = self._statistics
+        before = [scope.get_current_value(v) for v in stats]
 
-        return switch(index, [run(b) for b in self.branches])
+        def run_stateless(branch):
+            def fn():
+                y = tf.identity(x) if branch is None else branch(x, training=training)
+                after = [scope.get_current_value(v) for v in stats]
+                for v, value in zip(stats, before):  # the next branch starts from the same state
+                    scope.add_update((v, value))
+                return y, after
+            return fn
+
+        y, after = switch(index, [run_stateless(b) for b in self.branches])
+        for v, value in zip(stats, after):
+            scope.add_update((v, value))
+        return y
+
+    @property
+    def _statistics(self):
+        return [v for b in self.branches if b is not None for v in b.non_trainable_variables]
 
     def compute_output_shape(self, input_shape):
         s = self.spec
@@ -174,15 +198,22 @@ class SuperNet(keras.Model):
         self.built = True
         self._owners = self._variable_owners()
 
-    def call(self, images, path=None, training=None):
+    def call(self, images, path=None, training=None, scope=None):
         if path is None:
             raise ValueError("SuperNet needs the path: supernet(images, path=int32 tensor of "
                              f"{self.space.num_layers} op indices)")
         path = tf.convert_to_tensor(path, tf.int32)
         x = self.stem_ds(images, training=training)
         for l, choice in enumerate(self.choices):
-            x = choice(x, index=path[l], training=training)
+            x = choice(x, index=path[l], training=training, scope=scope)
         return self.final_head(x, training=training)
+
+    def path_forward(self, training: bool = True) -> "PathForward":
+        """The shared traced forward of this supernet (one per mode, made on first use)."""
+        cache = self.__dict__.setdefault("_path_forwards", {})
+        if bool(training) not in cache:
+            cache[bool(training)] = PathForward(self, training=training)
+        return cache[bool(training)]
 
     # -- paths -----------------------------------------------------------------------------
     def path_tensor(self, path) -> tf.Tensor:
@@ -226,6 +257,72 @@ class SuperNet(keras.Model):
             if branch is not None:
                 result.append(branch)
         return result
+
+
+class PathForward:
+    """The supernet's forward as one pure traced function that every call of a step shares.
+
+    `forward(weights, state, images, path) -> (logits, new_state)`: `weights` and `state` are the
+    values of `supernet.trainable_variables` and `.non_trainable_variables` (`values()`), images
+    have any batch size. Nothing is read from or written to a variable inside, so the function is
+    traced once for every input shape, path, replica and caller: a training step that forwards
+    the student, the board and the teacher on several replicas holds the supernet's graph (every
+    branch of every layer) once, as one function its calls share, instead of once per call and
+    per replica. The caller assigns the new state (`assign`) when it wants the BatchNorm updates.
+    Called from a step compiled with XLA, it is compiled with the step.
+    """
+
+    def __init__(self, supernet: SuperNet, training: bool = True):
+        self.supernet = supernet
+        self.training = bool(training)
+        self.trainable = list(supernet.trainable_variables)
+        self.state = list(supernet.non_trainable_variables)
+        r = supernet.space.resolution
+        spec = lambda v: tf.TensorSpec(v.shape, v.dtype)  # noqa: E731
+        signature = ([spec(v) for v in self.trainable], [spec(v) for v in self.state],
+                     tf.TensorSpec([None, r, r, 3], tf.float32),
+                     tf.TensorSpec([supernet.space.num_layers], tf.int32))
+        self.function = tf.function(self._pure, input_signature=signature)
+        self._concrete = None
+
+    def _pure(self, weights, state, images, path):
+        mapping = list(zip(self.trainable, weights)) + list(zip(self.state, state))
+        with keras.StatelessScope(mapping, initialize_variables=False) as scope:
+            logits = self.supernet(images, path=path, training=self.training, scope=scope)
+        return logits, [scope.get_current_value(v) for v in self.state]
+
+    def values(self):
+        """(weights, state): the variables' current values (on this replica, in a replica
+        function); read under a GradientTape, the weights carry gradients to the variables."""
+        read = lambda vs: [tf.convert_to_tensor(v.value) for v in vs]  # noqa: E731
+        return read(self.trainable), read(self.state)
+
+    @property
+    def concrete(self):
+        """The one trace, made outside any graph or replica context on first use.
+
+        Called through `tf.function`, the forward would be traced again for each replica:
+        under MirroredStrategy the function's cache key holds the device. The body reads no
+        variable, so one trace is right for every device; called as a concrete function, its
+        ops run on the caller's device.
+        """
+        if self._concrete is None:
+            with tf.init_scope():
+                self._concrete = self.function.get_concrete_function()
+        return self._concrete
+
+    def __call__(self, weights, state, images, path):
+        return self.concrete(list(weights), list(state), tf.cast(images, tf.float32),
+                             tf.cast(path, tf.int32))
+
+    def assign(self, state):
+        """Writes a forward's new state (BatchNorm statistics) into the variables."""
+        for variable, value in zip(self.state, state):
+            variable.assign(value)
+
+    @property
+    def tracing_count(self) -> int:
+        return self.function.experimental_get_tracing_count()
 
 
 def nested_path(path, space: Space):

@@ -32,7 +32,7 @@ from cream_tf.cli import atomic_write as write_atomic  # noqa: F401  (public nam
 from cream_tf.board import Board
 from cream_tf.sampler import Sampler
 from cream_tf.space import Space
-from cream_tf.supernet import SuperNet
+from cream_tf.supernet import SuperNet, switch
 
 __all__ = ["MIXED_PRECISION", "SearchConfig", "SearchResult", "LinearDecay", "PathSGD", "search", "write_atomic"]
 
@@ -152,52 +152,129 @@ class PathSGD(keras.optimizers.SGD):
         """Keras SGD's arithmetic plus the coupled L2; with `active`, a select writes a skipped
         variable and its momentum back bit-identical."""
         index = self._get_variable_index(variable)
-        if self.l2 and self._decayed[index]:
-            gradient = gradient + tf.cast(self.l2, gradient.dtype) * tf.cast(variable,
-                                                                             gradient.dtype)
+        m = self.momentums[index] if self.momentum else None
+        new_w, new_m = self._sgd_values(gradient, variable, m, learning_rate,
+                                        self._decayed[index])
         pick = (lambda new, old: new) if active is None else (
             lambda new, old: tf.where(active, new, old))
-        lr = tf.cast(learning_rate, variable.dtype)
-        gradient = tf.cast(gradient, variable.dtype)
-        if self.momentum == 0:
-            self.assign(variable, pick(variable - gradient * lr, variable))
-            return
-        m = self.momentums[index]
-        momentum = tf.cast(self.momentum, variable.dtype)
-        new_m = m * momentum - gradient * lr
-        step = new_m * momentum - gradient * lr if self.nesterov else new_m
-        self.assign(m, pick(new_m, m))
-        self.assign(variable, pick(variable + step, variable))
+        if m is not None:
+            self.assign(m, pick(new_m, m))
+        self.assign(variable, pick(new_w, variable))
+
+    def _sgd_values(self, gradient, weight, momentum, learning_rate, decayed):
+        """(new weight, new momentum) of one variable: Keras SGD plus the coupled L2."""
+        dtype = weight.dtype
+        if self.l2 and decayed:
+            gradient = gradient + tf.cast(self.l2, gradient.dtype) * tf.cast(weight,
+                                                                             gradient.dtype)
+        lr = tf.cast(learning_rate, dtype)
+        gradient = tf.cast(gradient, dtype)
+        if momentum is None:
+            return weight - gradient * lr, None
+        mu = tf.cast(self.momentum, dtype)
+        new_m = momentum * mu - gradient * lr
+        step = new_m * mu - gradient * lr if self.nesterov else new_m
+        return weight + step, new_m
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
-        """On one device: one tf.cond per branch, so only the path's variables are computed on.
+        """Only the path's variables are computed on: one tf.cond per branch (layer, op).
 
         The per-variable select of `update_step` computes the SGD arithmetic of every variable of
         the supernet each step (about 20 ops per variable, most of the step's time for small
-        networks). Without a distribution strategy the variables of each (layer, op) branch share
-        one tf.cond (about 60 conds for the release's space, not one per variable, which made
-        tracing take minutes), with the same arithmetic. Under a strategy every
-        variable's update must go through `distribution.extended.update`, so the select stays.
+        networks). Here the variables of each (layer, op) branch share one tf.cond (about 60
+        conds for the release's space, not one per variable, which made tracing take minutes).
+        On one device the conds update the variables in place. Under a strategy, the update
+        goes through one function traced once (`_path_update`) that each replica runs on its
+        own copies, and only the assignments are per device: tracing per-variable updates on
+        every device grew the step's trace linearly with the replicas (17 of 41 s on two).
         """
-        if tf.distribute.has_strategy() or not self.freeze_inactive or not tf.inside_function():
+        if (not self.freeze_inactive or not tf.inside_function()
+                or any(g is None for g in grads)):
             return super()._backend_update_step(grads, trainable_variables, learning_rate)
-        pairs = [(g, v) for g, v in zip(grads, trainable_variables) if g is not None]
+        context = tf.distribute.get_replica_context() if tf.distribute.has_strategy() else None
+        if tf.distribute.has_strategy():
+            if context is None:  # called in cross-replica context: Keras' own path
+                return super()._backend_update_step(grads, trainable_variables, learning_rate)
+            return self._replica_update(context, grads, trainable_variables, learning_rate)
+        pairs = list(zip(grads, trainable_variables))
         if not pairs:
             return
         finite = _first_is_finite(pairs[0][0])  # poisoned steps have every gradient NaN
         path = self._path_value()
-        groups = {}
-        for g, v in pairs:
-            groups.setdefault(self._owners[self._get_variable_index(v)], []).append((g, v))
-        for (layer, op), members in groups.items():
+        for (layer, op), members in self._groups(v for _, v in pairs).items():
             active = finite if layer < 0 else tf.logical_and(finite, tf.equal(path[layer], op))
 
             def update(members=members):
-                for g, v in members:
-                    self._sgd(g, v, learning_rate)
+                for k in members:
+                    self._sgd(pairs[k][0], pairs[k][1], learning_rate)
                 return tf.constant(True)
 
             tf.cond(active, update, lambda: tf.constant(False))
+
+    def _groups(self, variables) -> dict:
+        """(layer, op) -> positions in `variables` of that branch's variables."""
+        groups = {}
+        for k, v in enumerate(variables):
+            groups.setdefault(self._owners[self._get_variable_index(v)], []).append(k)
+        return groups
+
+    def _replica_update(self, context, grads, variables, learning_rate):
+        grads = context.all_reduce(tf.distribute.ReduceOp.SUM, list(grads))
+        index = [self._get_variable_index(v) for v in variables]
+        slots = [self.momentums[i] for i in index] if self.momentum else []
+        read = lambda vs: [tf.convert_to_tensor(v.value) for v in vs]  # noqa: E731
+        weights, momenta = self._path_update(variables)(
+            grads, read(variables), read(slots), tf.cast(learning_rate, tf.float32),
+            tf.convert_to_tensor(self._path_value()))
+
+        def assign(distribution, targets, values):
+            for target, value in zip(targets, values):
+                distribution.extended.update(target.value, lambda v, x: v.assign(x),
+                                             args=(value,), group=False)
+
+        context.merge_call(assign, args=(list(variables) + slots, list(weights) + list(momenta)))
+
+    def _path_update(self, variables):
+        """The pure update of `variables` (new weights and momenta from gradients, weights,
+        momenta, learning rate and path), traced once outside any replica context."""
+        key = tuple(self._get_variable_index(v) for v in variables)
+        cache = self.__dict__.setdefault("_path_updates", {})
+        if key in cache:
+            return cache[key]
+        decayed = [self._decayed[i] for i in key]
+        groups = self._groups(variables)
+        spec = lambda v: tf.TensorSpec(v.shape, v.dtype)  # noqa: E731
+        slots = [spec(self.momentums[i]) for i in key] if self.momentum else []
+
+        def update(grads, weights, momenta, learning_rate, path):
+            finite = _first_is_finite(grads[0])  # poisoned steps have every gradient NaN
+            new_w, new_m = list(weights), list(momenta)
+            for (layer, op), members in groups.items():
+                active = finite if layer < 0 else tf.logical_and(finite,
+                                                                 tf.equal(path[layer], op))
+
+                def step(members=members):
+                    out = [self._sgd_values(grads[k], weights[k],
+                                            momenta[k] if momenta else None, learning_rate,
+                                            decayed[k]) for k in members]
+                    return [w for w, _ in out], [m for _, m in out if m is not None]
+
+                def keep(members=members):
+                    return ([weights[k] for k in members],
+                            [momenta[k] for k in members] if momenta else [])
+
+                ws, ms = tf.cond(active, step, keep)
+                for j, k in enumerate(members):
+                    new_w[k] = ws[j]
+                    if momenta:
+                        new_m[k] = ms[j]
+            return new_w, new_m
+
+        signature = ([spec(v) for v in variables], [spec(v) for v in variables], slots,
+                     tf.TensorSpec([], tf.float32), tf.TensorSpec([self.num_layers], tf.int32))
+        with tf.init_scope():
+            cache[key] = tf.function(update, input_signature=signature).get_concrete_function()
+        return cache[key]
 
     def get_config(self):
         config = super().get_config()
@@ -619,10 +696,9 @@ def _interrupted(signum, step, saved_at, manager, workdir, strategy):
                                       f"Run the same command again to resume")
 
 
-def _restore(variables, values):
-    for variable, value in zip(variables, values):
-        variable.assign(value)
-    return tf.constant(False)
+def _assign(forward, state):
+    forward.assign(state)
+    return tf.constant(True)
 
 
 class _SearchState:
@@ -674,6 +750,9 @@ class _StepFunctions:
         self.replicas = strategy.num_replicas_in_sync
         self.per_replica = config.batch_size // self.replicas
         jit = bool(config.jit_compile)
+        # the supernet's forward, traced once and shared by every call and replica of the steps
+        self.forward = self.supernet.path_forward(training=True)
+        self.forward.concrete  # traced here, eagerly: once for every replica and call
         # One traced step serves warm-up and distillation (a bool tensor picks, via tf.cond): the
         # graph holds every branch of every layer, so each trace costs a lot of start-up time.
         self.step = tf.function(self._train, jit_compile=jit)
@@ -701,51 +780,64 @@ class _StepFunctions:
         global_batch = cfg.batch_size
         num_classes = self.space.num_classes
 
+        forward = self.forward
+
         def replica_fn(images, labels):
-            stats = net.non_trainable_variables
-            saved = [tf.identity(v.value) for v in stats]
+            # One read of the variables serves every forward of the step; the BatchNorm
+            # statistics flow from forward to forward (board scoring, teacher, student, as the
+            # release runs them) and are written once, at the end, if the step was finite.
+            weights, state = forward.values()
             x = self._local(images, self.per_replica)
             y = tf.cast(self._local(labels, self.per_replica), tf.int32)
             ctx = tf.distribute.get_replica_context()
 
             def score():
-                return tf.cast(matching_lib.student_board_probs(
-                    lambda t: net(t, path=path, training=True), board.images, board.size),
-                    tf.float32)
+                new_state = []
 
-            student_probs = tf.cond(distill, score,
-                                    lambda: tf.zeros(board.probs.shape, tf.float32))
+                def student(t):
+                    logits, after = forward(weights, state, t, path)
+                    new_state.append(after)
+                    return logits
+
+                probs = matching_lib.student_board_probs(student, board.images, board.size)
+                return tf.cast(probs, tf.float32), new_state[0]
+
+            def no_score():
+                return tf.zeros(board.probs.shape, tf.float32), state
+
+            student_probs, scored = switch(tf.cast(distill, tf.int32), [no_score, score])
             # identical on every replica already; the mean makes it bit-identical, so all
-            # replicas pick the same teacher (outside the cond: a collective must not be skipped)
+            # replicas pick the same teacher (outside the switch: a collective must not be skipped)
             student_probs = ctx.all_reduce(tf.distribute.ReduceOp.MEAN, student_probs)
 
             def teach():
                 index, rho, _ = matching_lib.select_teacher(
                     cfg.teacher, student_probs, board.probs, board.size, self.matching)
                 teacher_path = tf.gather(tf.convert_to_tensor(board.paths), index)
-                logits = net(x, path=teacher_path, training=True)
+                logits, after = forward(weights, scored, x, teacher_path)
                 return (tf.cast(index, tf.int32), tf.cast(rho, tf.float32),
-                        tf.cast(logits, tf.float32))
+                        tf.cast(logits, tf.float32), after)
 
             def no_teacher():  # rho = 0 makes the loss exactly the warm-up CE
                 return (tf.constant(-1, tf.int32), tf.constant(0.0),
-                        tf.zeros([tf.shape(x)[0], num_classes], tf.float32))
+                        tf.zeros([tf.shape(x)[0], num_classes], tf.float32), scored)
 
-            index, rho, teacher_logits = tf.cond(distill, teach, no_teacher)
+            index, rho, teacher_logits, taught = switch(tf.cast(distill, tf.int32),
+                                                        [no_teacher, teach])
             teacher_logits = tf.stop_gradient(teacher_logits)
             rho = tf.stop_gradient(rho)
             with tf.GradientTape() as tape:
-                logits = net(x, path=path, training=True)
+                tape.watch(weights)
+                logits, new_state = forward(weights, taught, x, path)
                 loss = matching_lib.cream_loss(y, logits, teacher_logits, rho,
                                                cfg.label_smoothing, global_batch)
                 # identity unless a LossScaleOptimizer (mixed_float16) scales it; apply unscales
                 scaled = self.optimizer.scale_loss(loss)
-            variables = net.trainable_variables
-            grads = tape.gradient(scaled, variables)
+            grads = tape.gradient(scaled, weights)
             finite = step_is_finite(loss, grads)
-            self.optimizer.apply(poison_gradients(grads, finite), variables)
-            # BN moving statistics moved in the forward passes: put them back on a bad step
-            tf.cond(finite, lambda: tf.constant(True), lambda: _restore(stats, saved))
+            self.optimizer.apply(poison_gradients(grads, finite), net.trainable_variables)
+            # a bad step leaves the BatchNorm statistics as they were, like everything else
+            tf.cond(finite, lambda: _assign(forward, new_state), lambda: tf.constant(False))
             correct = tf.reduce_sum(tf.cast(
                 tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), y), tf.int32))
             probs = tf.nn.softmax(tf.cast(logits[:n], tf.float32))
@@ -781,7 +873,7 @@ class _StepFunctions:
             grads = matching_lib.meta_gradients(
                 self.supernet, path, self.matching, board.images, board.probs, board.size,
                 x, y, vx, vy, lr, cfg.label_smoothing, m * self.replicas,
-                board_paths=board.paths)
+                board_paths=board.paths, forward=self.forward)
             finite = step_is_finite(tf.constant(0.0), grads)  # the same on every replica
             # M's optimizer is plain SGD: a zero gradient leaves it bit-identical
             grads = [tf.where(finite, g, tf.zeros_like(g)) for g in grads]

@@ -103,6 +103,54 @@ def test_traced_choice_stays_one_case_op_and_matches_eager(net):
     assert used > 10
 
 
+def test_path_forward_is_the_stateful_call_without_state(net):
+    """PathForward: logits, gradients and BatchNorm updates equal an eager training-mode call;
+    the variables stay untouched, statistics of ops off the path come back bit-identical, and
+    one trace serves every path and batch size."""
+    space = net.space
+    rng = np.random.default_rng(3)
+    _randomise_batch_norm(net, rng)
+    forward = net.path_forward(training=True)
+    assert net.path_forward(training=True) is forward  # one per mode, shared
+    flat = _random_paths(space, rng, 1)[0]
+    path = net.path_tensor(flat)
+    x = tf.constant(rng.normal(size=(4, 32, 32, 3)).astype(np.float32))
+    weights, state = forward.values()
+    with tf.GradientTape() as tape:
+        tape.watch(weights)
+        logits, new_state = forward(weights, state, x, path)
+        loss = tf.reduce_sum(tf.square(logits))
+    got = tape.gradient(loss, weights)
+    for v, s in zip(net.non_trainable_variables, state):  # nothing was written
+        np.testing.assert_array_equal(v.numpy(), s.numpy())
+    with tf.GradientTape() as tape:
+        want_logits = net(x, path=path, training=True)  # eager: updates the statistics
+        want_loss = tf.reduce_sum(tf.square(want_logits))
+    want = tape.gradient(want_loss, net.trainable_variables)
+    np.testing.assert_allclose(logits.numpy(), want_logits.numpy(), rtol=1e-4, atol=1e-5)
+    scale = max(np.abs(w.numpy()).max() for w in want if w is not None)
+    for v, w, g in zip(net.trainable_variables, want, got):
+        if w is None:
+            assert not np.any(g.numpy()), v.path
+        else:
+            np.testing.assert_allclose(g.numpy(), w.numpy(), rtol=1e-3, atol=1e-4 * scale,
+                                       err_msg=v.path)
+    on_path = {id(v) for layer in net.path_layers(flat) for v in layer.non_trainable_variables}
+    moved = 0
+    for v, before, after in zip(net.non_trainable_variables, state, new_state):
+        if id(v) in on_path:
+            np.testing.assert_allclose(after.numpy(), v.numpy(), rtol=1e-5, atol=1e-6,
+                                       err_msg=v.path)
+            moved += not np.array_equal(after.numpy(), before.numpy())
+        else:
+            np.testing.assert_array_equal(after.numpy(), before.numpy(), err_msg=v.path)
+    assert moved > 4
+    for flat, batch in zip(_random_paths(space, rng, 3), (1, 7, 16)):
+        out, _ = forward(weights, state, tf.zeros([batch, 32, 32, 3]), net.path_tensor(flat))
+        assert out.shape == (batch, space.num_classes)
+    assert forward.tracing_count == 1
+
+
 @pytest.mark.parametrize("jit_compile", [False, True])
 def test_switch_value_and_gradient_in_every_mode(jit_compile):
     """supernet.switch: eager, traced and under XLA, the chosen branch's value and gradient; an

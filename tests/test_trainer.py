@@ -106,12 +106,26 @@ def test_off_path_ops_stay_bit_identical_and_one_trace_serves_all_paths():
     used = owned(used_layer, used_op)
     assert frozen and used
     before = {i: (v.numpy().copy(), opt.momentums[i].numpy().copy()) for i, v in frozen + used}
+    stats = {name: [v for v in net.non_trainable_variables
+                    if net.variable_owner(v) == VariableOwner(*where)]
+             for name, where in (("frozen", (frozen_layer, frozen_op)),
+                                 ("used", (used_layer, used_op)))}
+    stats_before = {name: [v.numpy().copy() for v in vs] for name, vs in stats.items()}
+    assert stats["frozen"] and stats["used"]
     x = tf.random.stateless_uniform([8, 32, 32, 3], seed=[1, 2])
     y = tf.constant(np.arange(8) % 10, tf.int32)
     for p in paths:
         out = steps.warmup(x, y, tf.constant(p, tf.int32))
         assert np.isfinite(out["loss"].numpy())
     assert steps.step.experimental_get_tracing_count() == 1
+    # the supernet's forward is traced once, for both replicas and all three calls of the step
+    assert steps.forward.tracing_count == 1
+    for v, b in zip(stats["frozen"], stats_before["frozen"]):  # BatchNorm statistics too
+        np.testing.assert_array_equal(v.numpy(), b, err_msg=v.path)
+        for copy in strategy.experimental_local_results(v.value):
+            np.testing.assert_array_equal(copy.numpy(), b)
+    assert any(not np.array_equal(v.numpy(), b)
+               for v, b in zip(stats["used"], stats_before["used"]))
     for i, v in frozen:
         np.testing.assert_array_equal(v.numpy(), before[i][0], err_msg=v.path)
         np.testing.assert_array_equal(opt.momentums[i].numpy(), before[i][1], err_msg=v.path)
