@@ -353,11 +353,10 @@ class SearchConfig:
 
     @property
     def meta_traced(self) -> bool:
-        """Whether the meta update runs as a traced tf.function. Its trace holds every branch
-        four times over (board scoring, teacher, inner step, held-out loss) plus two backward
-        passes, so it costs a minute or more once (48 s for small.flags' space on 2 CPU cores);
-        after that an update is ~12x cheaper than an eager one (benchmarks/README.md). Worth it
-        for long searches, not for a few updates."""
+        """Whether the meta update runs as a traced tf.function. Its forwards call the step's
+        shared supernet forward, so the trace is its own ops and their wiring (19 s once for
+        small.flags' space on 2 CPU cores); after that an update is ~10x cheaper than an eager
+        one (benchmarks/README.md). Worth it for long searches, not for a few updates."""
         if self.trace_meta is not None:
             return bool(self.trace_meta)
         distill_steps = self.total_steps - self.warmup_steps
