@@ -60,12 +60,15 @@ def test_forward_runs_only_the_path():
         assert (p.grad is not None) == (id(p) in on_path)
 
 
-@pytest.mark.parametrize("prior", ["uniform", "release"])
-def test_paths_are_the_samplers(prior):
+@pytest.mark.parametrize("prior,skip_prob", [("uniform", None), ("release", None),
+                                              ("release", 0.0), ("uniform", 0.3)])
+def test_paths_are_the_samplers(prior, skip_prob):
+    """skip_prob=0.0 with the release prior is benchmarks/presets.py's 'release' preset."""
     for space in SPACES.values():
-        ours = tr.PathSampler(space, prior, seed=0)
-        theirs = sampler.Sampler(space, prior, seed=0)
-        np.testing.assert_allclose(ours.probs, sampler.op_probabilities(space, prior))
+        ours = tr.PathSampler(space, prior, seed=0, skip_prob=skip_prob)
+        theirs = sampler.Sampler(space, prior, skip_prob, seed=0)
+        np.testing.assert_allclose(ours.probs,
+                                   sampler.op_probabilities(space, prior, skip_prob))
         for step in range(30):
             np.testing.assert_array_equal(ours.sample(step), theirs.sample(step))
 
