@@ -191,8 +191,8 @@ class PathSGD(keras.optimizers.SGD):
         if (not self.freeze_inactive or not tf.inside_function()
                 or any(g is None for g in grads)):
             return super()._backend_update_step(grads, trainable_variables, learning_rate)
-        context = tf.distribute.get_replica_context() if tf.distribute.has_strategy() else None
         if tf.distribute.has_strategy():
+            context = tf.distribute.get_replica_context()
             if context is None:  # called in cross-replica context: Keras' own path
                 return super()._backend_update_step(grads, trainable_variables, learning_rate)
             return self._replica_update(context, grads, trainable_variables, learning_rate)
