@@ -29,7 +29,7 @@ except ImportError:  # pragma: no cover
     _cond_v2 = None
 
 __all__ = ["ChoiceLayer", "SuperNet", "PathForward", "inherit_weights", "path_tensor",
-           "VariableOwner", "choice_prefix", "nested_path"]
+           "VariableOwner", "choice_prefix", "nested_path", "read_values"]
 
 
 def switch(index, branch_fns):
@@ -59,6 +59,15 @@ def _branch_prefix(stage: int, index: int, op_index: int) -> str:
     return f"{choice_prefix(stage, index)}_o{op_index}"
 
 
+class SharedSwitches:
+    """The traced pure switches (`ChoiceLayer._pure_switch`) of a supernet's layers, by
+    structure (input size and channels, output channels, stride, ops, training). A plain
+    object, so Keras does not copy it into a tracked dict per layer."""
+
+    def __init__(self):
+        self.functions = {}
+
+
 class ChoiceLayer(keras.layers.Layer):
     """One searchable position: a branch per allowed op, `tf.switch_case` picks one.
 
@@ -78,6 +87,7 @@ class ChoiceLayer(keras.layers.Layer):
         if self.op_indices != tuple(range(len(self.op_indices))):
             raise ValueError(f"{self.name}: op indices {self.op_indices} are not 0..n-1; "
                              f"SkipConnect must be the last op of the space")
+        self.shared_switches = SharedSwitches()
         self.branches = []
         for o in self.op_indices:
             op = space.ops[o]
@@ -106,25 +116,63 @@ class ChoiceLayer(keras.layers.Layer):
                 return lambda: branch(x, training=training)
 
             return switch(index, [run(b) for b in self.branches])
-        # Stateless: a branch's BatchNorm updates are tensors of the branch's own graph, so each
-        # branch returns the new values of every statistic of the layer (its own updated, the
-        # others unchanged) and the scope takes them from the switch's outputs.
-        stats = self._statistics
-        before = [scope.get_current_value(v) for v in stats]
-
-        def run_stateless(branch):
-            def fn():
-                y = tf.identity(x) if branch is None else branch(x, training=training)
-                after = [scope.get_current_value(v) for v in stats]
-                for v, value in zip(stats, before):  # the next branch starts from the same state
-                    scope.add_update((v, value))
-                return y, after
-            return fn
-
-        y, after = switch(index, [run_stateless(b) for b in self.branches])
-        for v, value in zip(stats, after):
+        weights = [scope.get_current_value(v) for v in self._weights]
+        state = [scope.get_current_value(v) for v in self._statistics]
+        y, new_state = self._pure_switch(training)(weights, state, x, index)
+        for v, value in zip(self._statistics, new_state):
             scope.add_update((v, value))
         return y
+
+    def _stateless_switch(self, weights, state, x, index, training):
+        """(weights, BN state, x, op index) -> (y, new BN state): the switch, reading and
+        writing no variable. A branch's BatchNorm updates are tensors of the branch's own graph,
+        so each branch returns the new values of every statistic of the layer (its own updated,
+        the others unchanged)."""
+        mapping = list(zip(self._weights, weights)) + list(zip(self._statistics, state))
+        with keras.StatelessScope(mapping, initialize_variables=False) as scope:
+            def run(branch):
+                def fn():
+                    y = tf.identity(x) if branch is None else branch(x, training=training)
+                    after = [scope.get_current_value(v) for v in self._statistics]
+                    for v, value in zip(self._statistics, state):  # next branch: same start
+                        scope.add_update((v, value))
+                    return y, after
+                return fn
+
+            return switch(index, [run(b) for b in self.branches])
+
+    def _pure_switch(self, training):
+        """`_stateless_switch` traced once for every layer with the same structure.
+
+        The layers of a stage after its first have the same input and output shapes and ops, so
+        their switches differ only in the weights they are given: one trace, and one gradient,
+        serves them all (10 traces for the 30 layers of the Table 1 space at depth 6, where
+        tracing the switches and their gradients is most of a step's first trace). Called from
+        a traced forward, the calls are inlined, so the step runs the same ops as with a trace
+        per layer.
+        """
+        s = self.spec
+        key = (s.in_size, s.in_channels, s.out_channels, s.stride,
+               tuple(self.space.ops[o] for o in self.op_indices), bool(training))
+        shapes = [tuple(v.shape) for v in self._weights + self._statistics]
+        functions = self.shared_switches.functions
+        if key not in functions:
+            spec = lambda v: tf.TensorSpec(v.shape, v.dtype)  # noqa: E731
+            signature = ([spec(v) for v in self._weights], [spec(v) for v in self._statistics],
+                         tf.TensorSpec([None, s.in_size, s.in_size, s.in_channels], tf.float32),
+                         tf.TensorSpec([], tf.int32))
+            pure = lambda w, st, x, i: self._stateless_switch(w, st, x, i, training)  # noqa: E731
+            with tf.init_scope():
+                concrete = tf.function(pure, input_signature=signature).get_concrete_function()
+            functions[key] = (concrete, shapes)
+        concrete, expected = functions[key]
+        if shapes != expected:
+            raise RuntimeError(f"{self.name}: weights do not match the shared switch {key}")
+        return concrete
+
+    @property
+    def _weights(self):
+        return [v for b in self.branches if b is not None for v in b.trainable_variables]
 
     @property
     def _statistics(self):
@@ -191,6 +239,9 @@ class SuperNet(keras.Model):
         self.stem_ds, self.final_head = _fixed_models(space, dropout)
         self.choices = [ChoiceLayer(space, l) for l in range(space.num_layers)]
         _track_for_checkpoints(self, ((c.name, c) for c in self.choices))
+        shared = SharedSwitches()
+        for choice in self.choices:
+            choice.shared_switches = shared
         # Every branch is a functional model, built (variables created) when it was made; mark the
         # wrappers built so no call (and no trace of every branch) is needed here.
         for choice in self.choices:
@@ -294,8 +345,7 @@ class PathForward:
     def values(self):
         """(weights, state): the variables' current values (on this replica, in a replica
         function); read under a GradientTape, the weights carry gradients to the variables."""
-        read = lambda vs: [tf.convert_to_tensor(v.value) for v in vs]  # noqa: E731
-        return read(self.trainable), read(self.state)
+        return read_values(self.trainable), read_values(self.state)
 
     @property
     def concrete(self):
@@ -323,6 +373,12 @@ class PathForward:
     @property
     def tracing_count(self) -> int:
         return self.function.experimental_get_tracing_count()
+
+
+def read_values(variables) -> list:
+    """The current values of `variables` as tensors (this replica's copies, in a replica
+    function; under a GradientTape, reads that carry gradients to the variables)."""
+    return [tf.convert_to_tensor(v.value) for v in variables]
 
 
 def nested_path(path, space: Space):

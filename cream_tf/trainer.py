@@ -32,7 +32,7 @@ from cream_tf.cli import atomic_write as write_atomic  # noqa: F401  (public nam
 from cream_tf.board import Board
 from cream_tf.sampler import Sampler
 from cream_tf.space import Space
-from cream_tf.supernet import SuperNet, switch
+from cream_tf.supernet import SuperNet, read_values, switch
 
 __all__ = ["MIXED_PRECISION", "SearchConfig", "SearchResult", "LinearDecay", "PathSGD", "search", "write_atomic"]
 
@@ -87,6 +87,12 @@ def _first_is_finite(gradient):
     return tf.math.is_finite(tf.reshape(gradient, [-1])[0])
 
 
+def _on_path(layer: int, op: int, path, finite):
+    """Whether branch (layer, op) is updated: on a finite step, always for the fixed parts
+    (layer -1), else when it is the path's op at its layer."""
+    return finite if layer < 0 else tf.logical_and(finite, tf.equal(path[layer], op))
+
+
 class PathSGD(keras.optimizers.SGD):
     """SGD (Nesterov) that updates only the variables of the current path.
 
@@ -138,8 +144,8 @@ class PathSGD(keras.optimizers.SGD):
         # A step with a non-finite loss or gradient anywhere arrives with every gradient NaN
         # (`poison_gradients`), so one element of any gradient is the step's global decision.
         active = _first_is_finite(gradient)
-        if layer >= 0 and self.freeze_inactive:
-            active = tf.logical_and(active, tf.equal(self._path_value()[layer], op))
+        if self.freeze_inactive:
+            active = _on_path(layer, op, self._path_value(), active)
         # Keras SGD's arithmetic, then a select: no tf.cond per variable (hundreds of conds made
         # tracing the step take minutes), and a skipped variable and its momentum are written
         # back bit-identical.
@@ -188,8 +194,7 @@ class PathSGD(keras.optimizers.SGD):
         own copies, and only the assignments are per device: tracing per-variable updates on
         every device grew the step's trace linearly with the replicas (17 of 41 s on two).
         """
-        if (not self.freeze_inactive or not tf.inside_function()
-                or any(g is None for g in grads)):
+        if not self.freeze_inactive or not tf.inside_function():
             return super()._backend_update_step(grads, trainable_variables, learning_rate)
         if tf.distribute.has_strategy():
             context = tf.distribute.get_replica_context()
@@ -202,7 +207,7 @@ class PathSGD(keras.optimizers.SGD):
         finite = _first_is_finite(pairs[0][0])  # poisoned steps have every gradient NaN
         path = self._path_value()
         for (layer, op), members in self._groups(v for _, v in pairs).items():
-            active = finite if layer < 0 else tf.logical_and(finite, tf.equal(path[layer], op))
+            active = _on_path(layer, op, path, finite)
 
             def update(members=members):
                 for k in members:
@@ -222,9 +227,9 @@ class PathSGD(keras.optimizers.SGD):
         grads = context.all_reduce(tf.distribute.ReduceOp.SUM, list(grads))
         index = [self._get_variable_index(v) for v in variables]
         slots = [self.momentums[i] for i in index] if self.momentum else []
-        read = lambda vs: [tf.convert_to_tensor(v.value) for v in vs]  # noqa: E731
         weights, momenta = self._path_update(variables)(
-            grads, read(variables), read(slots), tf.cast(learning_rate, tf.float32),
+            grads, read_values(variables), read_values(slots),
+            tf.cast(learning_rate, tf.float32),
             tf.convert_to_tensor(self._path_value()))
 
         def assign(distribution, targets, values):
@@ -250,8 +255,7 @@ class PathSGD(keras.optimizers.SGD):
             finite = _first_is_finite(grads[0])  # poisoned steps have every gradient NaN
             new_w, new_m = list(weights), list(momenta)
             for (layer, op), members in groups.items():
-                active = finite if layer < 0 else tf.logical_and(finite,
-                                                                 tf.equal(path[layer], op))
+                active = _on_path(layer, op, path, finite)
 
                 def step(members=members):
                     out = [self._sgd_values(grads[k], weights[k],

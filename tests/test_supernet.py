@@ -54,8 +54,10 @@ def test_child_with_inherited_weights_equals_supernet_path(net):
 def test_one_trace_serves_every_path(net):
     space = net.space
     forward = tf.function(lambda x, p: net(x, path=p, training=False))
-    x = tf.zeros([1, 32, 32, 3])
     rng = np.random.default_rng(1)
+    # not zeros: at initial BN statistics and zero biases, a zero image gives zero logits on
+    # every path (the test then passed only after another test had randomised the statistics)
+    x = tf.constant(rng.normal(size=(1, 32, 32, 3)).astype(np.float32))
     outs = set()
     for flat in _random_paths(space, rng, 20):
         outs.add(float(tf.reduce_sum(forward(x, net.path_tensor(flat)))))
@@ -112,7 +114,39 @@ def test_path_forward_is_the_stateful_call_without_state(net):
     _randomise_batch_norm(net, rng)
     forward = net.path_forward(training=True)
     assert net.path_forward(training=True) is forward  # one per mode, shared
-    flat = _random_paths(space, rng, 1)[0]
+    _check_path_forward(net, forward, _random_paths(space, rng, 1)[0], rng)
+    weights, state = forward.values()
+    for flat, batch in zip(_random_paths(space, rng, 3), (1, 7, 16)):
+        out, _ = forward(weights, state, tf.zeros([batch, 32, 32, 3]), net.path_tensor(flat))
+        assert out.shape == (batch, space.num_classes)
+    assert forward.tracing_count == 1
+
+
+def test_layers_of_one_structure_share_one_traced_switch():
+    """Stage 2 at depth 4: its layers 2-4 have the same shapes and ops, so one traced switch
+    (and one gradient) serves all three; each still computes with its own weights and
+    statistics (PathForward equals the eager call, with equal and with different ops there)."""
+    space = Space("mbconv", depth=(1, 4, 1, 1, 1), resolution=32, width=0.25, num_classes=10)
+    tf.keras.utils.set_random_seed(2)
+    net = SuperNet(space)
+    rng = np.random.default_rng(4)
+    _randomise_batch_norm(net, rng)
+    forward = net.path_forward(training=True)
+    forward.concrete  # traces
+    structures = {(l.in_size, l.in_channels, l.out_channels, l.stride) for l in space.layers}
+    shared = [key for key in net.choices[0].shared_switches.functions if key[-1]]  # training
+    assert len(shared) == len(structures) == space.num_layers - 2
+    stage2 = [i for i, l in enumerate(space.layers) if l.stage == 1][1:]
+    assert len(stage2) == 3
+    for ops in ((1, 1, 1), (0, 3, 5)):
+        flat = _random_paths(space, rng, 1)[0]
+        for i, o in zip(stage2, ops):
+            flat[i] = o
+        _check_path_forward(net, forward, flat, rng)
+    assert forward.tracing_count == 1
+
+
+def _check_path_forward(net, forward, flat, rng):
     path = net.path_tensor(flat)
     x = tf.constant(rng.normal(size=(4, 32, 32, 3)).astype(np.float32))
     weights, state = forward.values()
@@ -145,10 +179,6 @@ def test_path_forward_is_the_stateful_call_without_state(net):
         else:
             np.testing.assert_array_equal(after.numpy(), before.numpy(), err_msg=v.path)
     assert moved > 4
-    for flat, batch in zip(_random_paths(space, rng, 3), (1, 7, 16)):
-        out, _ = forward(weights, state, tf.zeros([batch, 32, 32, 3]), net.path_tensor(flat))
-        assert out.shape == (batch, space.num_classes)
-    assert forward.tracing_count == 1
 
 
 @pytest.mark.parametrize("jit_compile", [False, True])
