@@ -2,7 +2,7 @@
 
 Every phase reads what the earlier ones left in the workdir, so each `--mode` can be rerun alone,
 and a rerun after a crash resumes (the search from its checkpoint, retraining from its backup).
-Bad input raises `cli.UsageError` before anything is written.
+A workdir has one live run at a time (`workdir_lock`). Bad input raises `cli.UsageError` before anything is written.
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import tempfile
 import time
 
 from cream_tf import cli
+from cream_tf.workdir_lock import LOCK_FILE, WorkdirBusy, WorkdirLock
 
 # Settings that define a search: a workdir holds one search, so these must match on a rerun.
 SEARCH_KEYS = ("dataset", "val_fraction", "space", "layout", "depth", "resolution", "width",
@@ -111,7 +112,7 @@ def check_workdir(settings: Settings) -> str:
                                 for k in diff)
             raise cli.UsageError(f"--workdir {workdir!r} holds a run with other settings: "
                                  f"{changes}; use a new --workdir or the same settings")
-    elif os.path.isdir(workdir) and os.listdir(workdir):
+    elif os.path.isdir(workdir) and set(os.listdir(workdir)) - {LOCK_FILE}:
         raise cli.UsageError(f"--workdir {workdir!r} is not empty and holds no cream_tf run "
                              f"({CONFIG_FILE} missing); give a new or empty folder")
     return config_path
@@ -525,6 +526,19 @@ def run(flag_values):
     job.data()  # a bad dataset fails here, before anything is written
     if settings.arch:
         job.architecture()
+    lock = WorkdirLock(settings.workdir)
+    if _is_chief(strategy):  # the other workers of a multi-worker run share the chief's run
+        try:
+            lock.acquire()
+        except WorkdirBusy as e:
+            raise cli.UsageError(str(e)) from None
+    try:
+        return _run_phases(settings, job, strategy, config_path)
+    finally:
+        lock.release()
+
+
+def _run_phases(settings: Settings, job: Job, strategy, config_path: str):
     if _is_chief(strategy):
         _write_config(settings, config_path)
     started = time.time()
@@ -550,6 +564,7 @@ def run(flag_values):
             report = cli.read_json(report_path)
     if settings.mode == "all":
         summarize(job, report, time.time() - started)
+    return None
 
 
 def summarize(job: Job, report, seconds: float):
