@@ -47,3 +47,23 @@ def mirrored():
     if not _MIRRORED:
         _MIRRORED.append(tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"]))
     return _MIRRORED[0]
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUN = os.path.join(ROOT, "run.py")
+
+
+def run_py(args, cwd, prelude="", timeout=1800):
+    """run.py with `args` in a fresh process; `prelude` is Python run first (e.g. to inject a
+    crash, or to split the CPU into logical devices before TensorFlow starts)."""
+    import subprocess
+    import sys
+    import textwrap
+
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT)
+    script = textwrap.dedent(f"""
+        import runpy, sys
+        sys.argv = [{RUN!r}] + {list(args)!r}
+    """) + textwrap.dedent(prelude) + f"\nrunpy.run_path({RUN!r}, run_name='__main__')\n"
+    return subprocess.run([sys.executable, "-c", script], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)

@@ -15,16 +15,13 @@ import io
 import json
 import os
 import re
-import subprocess
-import sys
-import textwrap
 import time
 
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RUN = os.path.join(ROOT, "run.py")
+from conftest import ROOT, run_py
+
 CONFIGS = ["configs/imagenet_table1.flags", "configs/imagenet_table3.flags"]
 
 # ImageNet layout: PATH/train/<wnid>/<file>.JPEG and PATH/val/<wnid>/<file>.JPEG. With a val but no
@@ -55,15 +52,8 @@ tf.config.set_logical_device_configuration(
 """
 
 
-def run(args, cwd, prelude="", timeout=3600):
-    """run.py in a fresh process; `prelude` is Python run first (as in test_pipeline.py)."""
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT)
-    script = textwrap.dedent(f"""
-        import runpy, sys
-        sys.argv = [{RUN!r}] + {list(args)!r}
-    """) + textwrap.dedent(prelude) + f"\nrunpy.run_path({RUN!r}, run_name='__main__')\n"
-    return subprocess.run([sys.executable, "-c", script], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+def run(args, cwd, prelude=""):
+    return run_py(args, cwd, prelude=prelude, timeout=3600)
 
 
 def read(path):

@@ -6,26 +6,10 @@ them alone with
 """
 import json
 import os
-import subprocess
-import sys
-import textwrap
 
 import pytest
 
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RUN = os.path.join(ROOT, "run.py")
-
-
-def run(args, cwd, prelude="", timeout=1800):
-    """run.py in a fresh process; `prelude` is Python run first (e.g. to inject a crash)."""
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT)
-    script = textwrap.dedent(f"""
-        import runpy, sys
-        sys.argv = [{RUN!r}] + {list(args)!r}
-    """) + textwrap.dedent(prelude) + f"\nrunpy.run_path({RUN!r}, run_name='__main__')\n"
-    return subprocess.run([sys.executable, "-c", script], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+from conftest import ROOT, run_py as run
 
 
 def read(path):
