@@ -61,7 +61,7 @@ def _branch_prefix(stage: int, index: int, op_index: int) -> str:
 
 class SharedSwitches:
     """The traced pure switches (`ChoiceLayer._pure_switch`) of a supernet's layers, by
-    structure (input size and channels, output channels, stride, ops, training). A plain
+    structure (ops, stride, training, and the shapes and dtypes of their arguments). A plain
     object, so Keras does not copy it into a tracked dict per layer."""
 
     def __init__(self):
@@ -118,7 +118,7 @@ class ChoiceLayer(keras.layers.Layer):
             return switch(index, [run(b) for b in self.branches])
         weights = [scope.get_current_value(v) for v in self._weights]
         state = [scope.get_current_value(v) for v in self._statistics]
-        y, new_state = self._pure_switch(training)(weights, state, x, index)
+        y, new_state = self._pure_switch(training, weights, state, x)(weights, state, x, index)
         for v, value in zip(self._statistics, new_state):
             scope.add_update((v, value))
         return y
@@ -141,7 +141,7 @@ class ChoiceLayer(keras.layers.Layer):
 
             return switch(index, [run(b) for b in self.branches])
 
-    def _pure_switch(self, training):
+    def _pure_switch(self, training, weights, state, x):
         """`_stateless_switch` traced once for every layer with the same structure.
 
         The layers of a stage after its first have the same input and output shapes and ops, so
@@ -149,26 +149,21 @@ class ChoiceLayer(keras.layers.Layer):
         serves them all (10 traces for the 30 layers of the Table 1 space at depth 6, where
         tracing the switches and their gradients is most of a step's first trace). Called from
         a traced forward, the calls are inlined, so the step runs the same ops as with a trace
-        per layer.
+        per layer. The key holds the arguments' shapes and dtypes (x is bfloat16 or float16
+        under a mixed policy) besides the ops and stride, which with them fix the structure.
         """
-        s = self.spec
-        key = (s.in_size, s.in_channels, s.out_channels, s.stride,
-               tuple(self.space.ops[o] for o in self.op_indices), bool(training))
-        shapes = [tuple(v.shape) for v in self._weights + self._statistics]
+        spec = lambda t: tf.TensorSpec(t.shape, t.dtype)  # noqa: E731
+        signature = ([spec(t) for t in weights], [spec(t) for t in state],
+                     tf.TensorSpec([None] + list(x.shape[1:]), x.dtype), tf.TensorSpec([], tf.int32))
+        key = (tuple(self.space.ops[o] for o in self.op_indices), self.spec.stride,
+               bool(training), repr(signature))
         functions = self.shared_switches.functions
         if key not in functions:
-            spec = lambda v: tf.TensorSpec(v.shape, v.dtype)  # noqa: E731
-            signature = ([spec(v) for v in self._weights], [spec(v) for v in self._statistics],
-                         tf.TensorSpec([None, s.in_size, s.in_size, s.in_channels], tf.float32),
-                         tf.TensorSpec([], tf.int32))
             pure = lambda w, st, x, i: self._stateless_switch(w, st, x, i, training)  # noqa: E731
             with tf.init_scope():
-                concrete = tf.function(pure, input_signature=signature).get_concrete_function()
-            functions[key] = (concrete, shapes)
-        concrete, expected = functions[key]
-        if shapes != expected:
-            raise RuntimeError(f"{self.name}: weights do not match the shared switch {key}")
-        return concrete
+                functions[key] = tf.function(pure, input_signature=signature
+                                             ).get_concrete_function()
+        return functions[key]
 
     @property
     def _weights(self):
