@@ -14,6 +14,7 @@ import tempfile
 import time
 
 from cream_tf import cli
+from cream_tf.errors import InputError
 from cream_tf.workdir_lock import LOCK_FILE, WorkdirBusy, WorkdirLock
 
 # Settings that define a search: a workdir holds one search, so these must match on a rerun.
@@ -229,7 +230,7 @@ class Job:
         try:
             result = trainer.search(space, train_ds, val_ds, self.search_dir, config,
                                     self.strategy, callback=record)
-        except ValueError as e:
+        except InputError as e:  # bad input found while working; a bug keeps its traceback
             raise cli.UsageError(str(e)) from None
         finally:
             if history and chief:
@@ -276,7 +277,7 @@ class Job:
             chosen = select_lib.select(space, result.supernet, result.board, bn_train, held_out,
                                        self.macs_range(), bn_batches=self.s.select_bn_batches,
                                        batch_size=min(self.s.batch_size, 256))
-        except ValueError as e:
+        except InputError as e:  # bad input found while working; a bug keeps its traceback
             raise cli.UsageError(str(e)) from None
         print(chosen.to_text())
         payload = {"best": chosen.best, "table": list(chosen.table),
@@ -406,7 +407,7 @@ class Job:
                                 batch_size=self.s.retrain_batch_size,
                                 macs_range=self.macs_range(), algorithm=self.s.tune_algorithm,
                                 seed=self.s.seed)
-        except ValueError as e:
+        except InputError as e:  # bad input found while working; a bug keeps its traceback
             raise cli.UsageError(str(e)) from None
         print(result)
         return result

@@ -16,6 +16,8 @@ import os
 import signal
 import threading
 
+from cream_tf.errors import InputError
+
 __all__ = ["Interrupted", "TooManyBadSteps", "catch_signals", "requested", "verify_checkpoint",
            "checkpoint_error", "signal_name",
            "CheckpointError"]
@@ -37,7 +39,7 @@ class TooManyBadSteps(RuntimeError):
     """`max_bad_steps` steps in a row had a non-finite loss or gradient."""
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint cannot be read (truncated, corrupted or of something else)."""
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import numpy as np
 
 from cream_tf import flops
+from cream_tf.errors import InputError
 from cream_tf.space import Space
 
 __all__ = ["RELEASE_PRIOR", "Sampler", "op_probabilities", "reachable_path", "SearchBudgetExceeded"]
@@ -162,11 +163,11 @@ class Sampler:
         low = lo_all if low is None else int(low)
         high = hi_all if high is None else int(high)
         if low > high:
-            raise ValueError(f"macs_range must be (min, max) with min <= max, got {macs_range!r}")
+            raise InputError(f"macs_range must be (min, max) with min <= max, got {macs_range!r}")
         self.macs_range = (low, high)
         reach = f"paths of this space reach [{lo_all:,}, {hi_all:,}] MACs"
         if high < lo_all or low > hi_all:
-            raise ValueError(f"no path of {space} has MACs in [{low:,}, {high:,}]: {reach} "
+            raise InputError(f"no path of {space} has MACs in [{low:,}, {high:,}]: {reach} "
                              f"(min_macs={lo_all}, max_macs={hi_all})")
         # Paths the prior can draw (probability > 0) must reach the range, not just the space.
         masked = flops.CostTable(space, self.table.fixed_macs, self.table.fixed_params,
@@ -174,13 +175,13 @@ class Sampler:
         try:
             witness = reachable_path(masked, low, high)
             if witness is None and reachable_path(self.table, low, high) is None:
-                raise ValueError(f"no path of {space} has MACs in [{low:,}, {high:,}]: {reach} "
+                raise InputError(f"no path of {space} has MACs in [{low:,}, {high:,}]: {reach} "
                                  f"(min_macs={lo_all}, max_macs={hi_all}), but no path's MACs "
                                  f"fall inside this window; widen it")
         except SearchBudgetExceeded as e:
-            raise ValueError(f"{e} ({reach}, min_macs={lo_all}, max_macs={hi_all})") from None
+            raise InputError(f"{e} ({reach}, min_macs={lo_all}, max_macs={hi_all})") from None
         if witness is None:
-            raise ValueError(f"paths in [{low:,}, {high:,}] MACs exist ({reach}) but need ops "
+            raise InputError(f"paths in [{low:,}, {high:,}] MACs exist ({reach}) but need ops "
                              f"the prior gives probability 0; change the prior or skip_prob")
         self.witness = witness
         self._cum = np.cumsum(self.probs, axis=1)

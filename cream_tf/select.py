@@ -19,6 +19,7 @@ import tensorflow as tf
 from cream_tf import arch as arch_lib
 from cream_tf import child as child_lib
 from cream_tf import flops
+from cream_tf.errors import InputError
 from cream_tf.space import Space
 from cream_tf.supernet import SuperNet, inherit_weights, nested_path
 
@@ -87,7 +88,7 @@ def recalibrate_batch_norm(model: keras.Model, batches) -> int:
         for bn, m in zip(bns, saved):
             bn.momentum = m
     if count == 0:
-        raise ValueError("recalibrate_batch_norm needs at least one batch")
+        raise InputError("recalibrate_batch_norm needs at least one batch")
     for s, bn in zip(sums, bns):
         bn.moving_mean.assign((s[0] / count).astype(np.float32))
         bn.moving_variance.assign((s[1] / count).astype(np.float32))
@@ -111,7 +112,7 @@ def evaluate_path(space: Space, supernet: SuperNet, path, train_ds, val_ds, bn_b
         correct += int((pred == y.numpy().astype(np.int32)).sum())
         total += len(pred)
     if total == 0:
-        raise ValueError("val_ds is empty")
+        raise InputError("val_ds is empty")
     return 100.0 * correct / total
 
 
@@ -134,12 +135,12 @@ def select(space: Space, supernet: SuperNet, board, train_ds: tf.data.Dataset,
     """
     entries = board.entries() if hasattr(board, "entries") else list(board)
     if not entries:
-        raise ValueError("the board is empty: nothing to select (run the search longer)")
+        raise InputError("the board is empty: nothing to select (run the search longer)")
     low, high = (None, None) if macs_range is None else tuple(macs_range)
     low = -np.inf if low is None else low
     high = np.inf if high is None else high
     if low > high:
-        raise ValueError(f"macs_range must be (min, max) with min <= max, got {macs_range!r}")
+        raise InputError(f"macs_range must be (min, max) with min <= max, got {macs_range!r}")
     table = flops.cost_table(space)
     rows = []
     for entry in entries:
@@ -159,6 +160,6 @@ def select(space: Space, supernet: SuperNet, board, train_ds: tf.data.Dataset,
     shown = (int(low) if np.isfinite(low) else None, int(high) if np.isfinite(high) else None)
     if not candidates:
         have = ", ".join(format(m, ",") for m in sorted(r["macs"] for r in rows))
-        raise ValueError(f"no board path has MACs in [{shown[0]}, {shown[1]}]; the board's paths "
+        raise InputError(f"no board path has MACs in [{shown[0]}, {shown[1]}]; the board's paths "
                          f"have {have} MACs")
     return Selection(candidates[0], tuple(rows), shown)

@@ -30,6 +30,7 @@ from cream_tf import matching as matching_lib
 from cream_tf import safety
 from cream_tf.cli import atomic_write as write_atomic  # noqa: F401  (public name)
 from cream_tf.board import Board
+from cream_tf.errors import InputError
 from cream_tf.sampler import Sampler
 from cream_tf.space import Space
 from cream_tf.supernet import SuperNet, read_values, switch
@@ -456,7 +457,7 @@ def _check_signature(workdir: str, space: Space, config: SearchConfig) -> dict:
         old = saved.get("signature", {})
         diff = sorted(k for k in set(old) | set(signature) if old.get(k) != signature.get(k))
         if diff:
-            raise ValueError(f"workdir {workdir!r} holds a different search (differs in "
+            raise InputError(f"workdir {workdir!r} holds a different search (differs in "
                              f"{', '.join(diff)}); use a new workdir or the same settings")
     return signature
 
@@ -554,15 +555,15 @@ def search(space: Space, train_ds: tf.data.Dataset, val_ds: tf.data.Dataset, wor
     _check_dataset(val_ds, space, "val_ds")
     replicas = strategy.num_replicas_in_sync
     if config.batch_size % replicas:
-        raise ValueError(f"batch_size {config.batch_size} must divide evenly over {replicas} "
+        raise InputError(f"batch_size {config.batch_size} must divide evenly over {replicas} "
                          f"replicas")
     per_replica = config.batch_size // replicas
     if per_replica < max(config.board_images, config.meta_slice):
-        raise ValueError(f"each replica gets {per_replica} images per step; board_images "
+        raise InputError(f"each replica gets {per_replica} images per step; board_images "
                          f"({config.board_images}) and meta_slice ({config.meta_slice}) must not "
                          f"exceed it")
     if config.jit_compile and replicas > 1:
-        raise ValueError("jit_compile=True only works on a single device (XLA cannot compile a "
+        raise InputError("jit_compile=True only works on a single device (XLA cannot compile a "
                          "step that applies gradients under a multi-replica strategy)")
     chief, task_id = _worker_info(strategy)
 

@@ -33,6 +33,7 @@ from cream_tf.cli import write_json
 from cream_tf import arch as arch_lib
 from cream_tf import child
 from cream_tf import flops
+from cream_tf.errors import InputError
 from cream_tf.space import Space
 
 try:  # BayesianOptimizationOracle needs scipy; random search does not.
@@ -122,7 +123,7 @@ def _values_from_flat(flat, space: Space) -> dict:
 
 # -- MACs ranges ---------------------------------------------------------------------------------
 
-class MacsRangeError(ValueError):
+class MacsRangeError(InputError):
     """A MACs range no path of the space reaches, or in which no path was found."""
 
 
@@ -306,7 +307,7 @@ class _MacsRangeMixin:
     def set_state(self, state):
         saved = state.get("macs_range")
         if saved is not None and tuple(saved) != tuple(self.macs_range):
-            raise ValueError(f"this tuning project was searched with MACs range "
+            raise InputError(f"this tuning project was searched with MACs range "
                              f"[{saved[0]:,}, {saved[1]:,}], not [{self.macs_range[0]:,}, "
                              f"{self.macs_range[1]:,}]; use the same range or a new directory "
                              f"(or overwrite=True)")
@@ -746,7 +747,7 @@ def tune(space: Space, train_ds, val_ds, workdir: str, max_trials: int = 20,
             saved = json.load(f)
         changed = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
         if changed:
-            raise ValueError(
+            raise InputError(
                 f"{workdir} holds a tuning run with other settings ("
                 + "; ".join(f"{k}: {saved.get(k)!r} then, {config.get(k)!r} now" for k in changed)
                 + "); use the same settings to resume, another workdir, or overwrite=True")

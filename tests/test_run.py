@@ -125,3 +125,33 @@ def test_shipped_flag_files_parse(name, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     text = open(os.path.join(ROOT, "configs", name)).read()
     assert text.startswith("#")  # says what it is for and how long it takes
+
+
+def test_a_library_bug_keeps_its_traceback(tmp_path):
+    """Only bad input becomes a one-line usage error: a ValueError from inside a phase (here
+    a stand-in for a bug in the search) ends the run with its traceback, exit code 1."""
+    from conftest import run_py
+
+    prelude = ("import cream_tf.trainer as t\n"
+               "def broken(*args, **kwargs):\n"
+               "    raise ValueError('a bug inside the search')\n"
+               "t.search = broken\n")
+    result = run_py(["--dataset=synthetic:4", "--resolution=32", "--depth=1", "--width=0.25",
+                     "--mode=search", f"--workdir={tmp_path / 'w'}"], tmp_path, prelude=prelude,
+                    timeout=600)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "Traceback" in result.stderr
+    assert "ValueError: a bug inside the search" in result.stderr
+    assert "run.py: error:" not in result.stderr
+
+
+def test_input_found_bad_while_working_is_one_line(tmp_path):
+    """A budget no path reaches is found by the search's sampler, not by flag checks: still one
+    line and exit code 2 (errors.InputError)."""
+    result = run(["--dataset=synthetic:4", "--resolution=32", "--depth=1", "--width=0.25",
+                  "--mode=search", "--flops_min=0", "--flops_max=0.001",
+                  f"--workdir={tmp_path / 'w'}"], cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    line = _error_line(result)
+    assert "has MACs in [0, 1,000]" in line and "paths of this space reach" in line
+    assert "Traceback" not in result.stderr
