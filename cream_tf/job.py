@@ -2,7 +2,8 @@
 
 Every phase reads what the earlier ones left in the workdir, so each `--mode` can be rerun alone,
 and a rerun after a crash resumes (the search from its checkpoint, retraining from its backup).
-A workdir has one live run at a time (`workdir_lock`). Bad input raises `cli.UsageError` before anything is written.
+A workdir has one live run at a time (`workdir_lock`). Bad input raises `cli.UsageError` before
+anything is written.
 """
 from __future__ import annotations
 

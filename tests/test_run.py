@@ -1,19 +1,14 @@
 """run.py: bad input is one line on stderr, exit code 2 and nothing written; flag files and their
 override order; profile mode."""
 import os
-import subprocess
-import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RUN = os.path.join(ROOT, "run.py")
+from conftest import ROOT, run_py
 
 
-def run(args, cwd, timeout=600):
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT)
-    return subprocess.run([sys.executable, RUN] + args, cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+def run(args, cwd, prelude=""):
+    return run_py(args, cwd, prelude=prelude, timeout=600)
 
 
 def _error_line(result):
@@ -130,15 +125,12 @@ def test_shipped_flag_files_parse(name, tmp_path):
 def test_a_library_bug_keeps_its_traceback(tmp_path):
     """Only bad input becomes a one-line usage error: a ValueError from inside a phase (here
     a stand-in for a bug in the search) ends the run with its traceback, exit code 1."""
-    from conftest import run_py
-
     prelude = ("import cream_tf.trainer as t\n"
                "def broken(*args, **kwargs):\n"
                "    raise ValueError('a bug inside the search')\n"
                "t.search = broken\n")
-    result = run_py(["--dataset=synthetic:4", "--resolution=32", "--depth=1", "--width=0.25",
-                     "--mode=search", f"--workdir={tmp_path / 'w'}"], tmp_path, prelude=prelude,
-                    timeout=600)
+    result = run(["--dataset=synthetic:4", "--resolution=32", "--depth=1", "--width=0.25",
+                  "--mode=search", f"--workdir={tmp_path / 'w'}"], tmp_path, prelude=prelude)
     assert result.returncode == 1, result.stderr[-3000:]
     assert "Traceback" in result.stderr
     assert "ValueError: a bug inside the search" in result.stderr

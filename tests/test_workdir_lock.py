@@ -8,10 +8,9 @@ import textwrap
 
 import pytest
 
+from conftest import ROOT, run_py
 from cream_tf import job
 from cream_tf.workdir_lock import LOCK_FILE, WorkdirBusy, WorkdirLock
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 HOLD = textwrap.dedent("""
     import sys, time
@@ -60,11 +59,8 @@ def test_a_killed_holder_does_not_block_the_next_run(holder):
 
 def test_run_py_on_a_busy_workdir_is_one_line_and_writes_nothing(holder, tmp_path):
     process, workdir = holder
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", PYTHONPATH=ROOT)
-    result = subprocess.run(
-        [sys.executable, os.path.join(ROOT, "run.py"), "--dataset=synthetic:4",
-         "--resolution=32", "--depth=1", "--width=0.25", f"--workdir={workdir}"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    result = run_py(["--dataset=synthetic:4", "--resolution=32", "--depth=1", "--width=0.25",
+                     f"--workdir={workdir}"], tmp_path, timeout=600)
     assert result.returncode == 2, result.stderr[-3000:]
     lines = [l for l in result.stderr.splitlines() if l.startswith("run.py: error:")]
     assert len(lines) == 1, result.stderr[-3000:]
