@@ -30,9 +30,11 @@ from typing import Optional
 import numpy as np
 import tensorflow as tf
 
+from cream_tf.errors import InputError
+
 __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD", "KINDS", "DatasetInfo", "Splits", "Augment", "DataError",
-    "load", "normalize", "train_pipeline", "eval_pipeline", "search_inputs",
+    "check_val_fraction", "load", "normalize", "train_pipeline", "eval_pipeline", "search_inputs",
     "random_resized_crop", "color_jitter", "rand_augment", "random_erasing", "center_crop",
 ]
 
@@ -46,7 +48,7 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 AUTOTUNE = tf.data.AUTOTUNE
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """A dataset spec, folder or TFDS dataset that cannot be used; the message says why."""
 
 
@@ -108,6 +110,12 @@ class Splits:
 # Loading
 # ------------------------------------------------------------------------------------------
 
+def check_val_fraction(val_fraction: float):
+    """Raises `DataError` unless 0 < val_fraction < 0.5: some training data must stay."""
+    if not 0.0 < val_fraction < 0.5:
+        raise DataError(f"val_fraction must be in (0, 0.5), got {val_fraction!r}")
+
+
 def load(spec: str, resolution: int, data_dir: Optional[str] = None, seed: int = 0,
          val_fraction: float = 0.1) -> tuple:
     """Loads a dataset spec into raw splits.
@@ -125,8 +133,7 @@ def load(spec: str, resolution: int, data_dir: Optional[str] = None, seed: int =
     """
     if not isinstance(spec, str) or not spec.strip():
         raise DataError(f"a dataset spec is expected; valid kinds: {', '.join(KINDS)}")
-    if not 0.0 < val_fraction < 0.5:
-        raise DataError(f"val_fraction must be in (0, 0.5), got {val_fraction!r}")
+    check_val_fraction(val_fraction)
     if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < 8:
         raise DataError(f"resolution must be an int >= 8, got {resolution!r}")
     spec = spec.strip()

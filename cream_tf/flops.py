@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import numbers
 import re
 
 import keras
@@ -25,9 +26,11 @@ import numpy as np
 
 from cream_tf import arch as arch_lib
 from cream_tf import blocks
+from cream_tf.errors import InputError
 from cream_tf.space import Space
 
-__all__ = ["LayerCost", "Profile", "profile", "layer_macs", "CostTable", "cost_table"]
+__all__ = ["LayerCost", "Profile", "profile", "layer_macs", "CostTable", "cost_table",
+           "MacsRangeError", "macs_range"]
 
 _ZERO_COST = (keras.layers.Activation, keras.layers.Add, keras.layers.Multiply,
               keras.layers.ZeroPadding2D, keras.layers.Flatten, keras.layers.Dropout,
@@ -177,6 +180,51 @@ class CostTable:
     def max_macs(self) -> int:
         """The exact largest MACs any path of the space reaches."""
         return self._extreme(np.max, -1)
+
+    def resolve_range(self, value) -> tuple:
+        """A MACs budget (see `macs_range`) as two ints, open ends closed at what the space
+        reaches. Raises `MacsRangeError` when the budget and the space's reach do not meet."""
+        low, high = macs_range(value)
+        asked = f"[{low or 0:,}, " + (f"{high:,}]" if high is not None else "no limit]")
+        reach = (self.min_macs, self.max_macs)
+        low = reach[0] if low is None else low
+        high = reach[1] if high is None else high
+        if high < reach[0] or low > reach[1]:
+            raise MacsRangeError(
+                f"no path of {self.space} has MACs in {asked}: its paths reach "
+                f"[{reach[0]:,}, {reach[1]:,}] MACs ({reach[0] / 1e6:.2f}M to "
+                f"{reach[1] / 1e6:.2f}M; min_macs={reach[0]}, max_macs={reach[1]})")
+        return low, high
+
+
+class MacsRangeError(InputError):
+    """A MACs budget that no path of the space can meet."""
+
+
+def macs_range(value) -> tuple:
+    """A MACs budget as (low, high), inclusive, with None for an open end.
+
+    `value` is None (no budget) or a pair whose ends are non-negative numbers or None;
+    fractional ends round inward. The one reading of a budget that the sampler, the board's
+    selection, the tuner and run.py's --flops_min/--flops_max share. Raises `InputError`.
+    """
+    if value is None:
+        return None, None
+    try:
+        low, high = value
+    except (TypeError, ValueError):
+        raise InputError(f"macs_range must be (min, max), got {value!r}") from None
+    for name, end in (("min", low), ("max", high)):
+        if end is not None and (isinstance(end, bool) or not isinstance(end, numbers.Real)
+                                or not math.isfinite(end) or end < 0):
+            raise InputError(f"macs_range {name} must be a non-negative number or None, got "
+                             f"{end!r}")
+    low = None if low is None else int(math.ceil(low))
+    high = None if high is None else int(math.floor(high))
+    if low is not None and high is not None and low > high:
+        raise InputError(f"macs_range must be (min, max) with min <= max, got min {low:,} "
+                         f"above max {high:,}")
+    return low, high
 
 
 @functools.lru_cache(maxsize=None)

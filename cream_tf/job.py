@@ -1,4 +1,5 @@
-"""The pipeline behind run.py: validate everything first, then search, select, retrain, export.
+"""The pipeline behind run.py: with every setting checked (`settings.Settings`), search, select,
+retrain and export.
 
 Every phase reads what the earlier ones left in the workdir, so each `--mode` can be rerun alone,
 and a rerun after a crash resumes (the search from its checkpoint, retraining from its backup).
@@ -7,96 +8,19 @@ anything is written.
 """
 from __future__ import annotations
 
-import dataclasses
-import json
 import os
 import shutil
 import tempfile
 import time
 
 from cream_tf import cli
+from cream_tf import settings as settings_lib
 from cream_tf.errors import InputError
+from cream_tf.settings import Settings
 from cream_tf.workdir_lock import LOCK_FILE, WorkdirBusy, WorkdirLock
 
-# Settings that define a search: a workdir holds one search, so these must match on a rerun.
-SEARCH_KEYS = ("dataset", "val_fraction", "space", "layout", "depth", "resolution", "width",
-               "num_classes", "seed", "batch_size", "search_epochs", "steps_per_epoch", "lr",
-               "weight_decay", "warmup_epochs", "board_size", "board_images", "board_gap",
-               "teacher", "meta_interval", "meta_lr", "flops_min", "flops_max", "prior",
-               "mixed_precision")
 CONFIG_FILE = "run_config.json"
-
-
-@dataclasses.dataclass
-class Settings:
-    """The validated flags of one run."""
-
-    values: dict
-
-    def __getattr__(self, name):
-        try:
-            return self.values[name]
-        except KeyError:
-            raise AttributeError(name) from None
-
-
-def _positive(values, names, allow_zero=()):
-    for name in names:
-        v = values[name]
-        if v is None or v < 0 or (v == 0 and name not in allow_zero):
-            bound = ">= 0" if name in allow_zero else "> 0"
-            raise cli.UsageError(f"--{name} must be {bound}, got {v}")
-
-
-def validate(flag_values) -> Settings:
-    """Checks every flag value (and their combinations) and returns the settings."""
-    values = {name: flag_values[name].value for name in flag_values
-              if name in flag_values and not name.startswith("help")}
-    try:
-        depth = [int(d) for d in values["depth"]]
-    except ValueError:
-        raise cli.UsageError(f"--depth takes one int or five, comma-separated, got "
-                             f"{','.join(values['depth'])!r}") from None
-    values["depth"] = depth[0] if len(depth) == 1 else depth
-    _positive(values, ["batch_size", "board_size", "board_images", "meta_interval",
-                       "select_bn_batches", "retrain_batch_size", "resolution", "width",
-                       "checkpoint_every", "tune_trials", "tune_epochs", "max_bad_steps"])
-    _positive(values, ["search_epochs", "warmup_epochs", "steps_per_epoch", "lr", "meta_lr",
-                       "weight_decay", "board_gap", "flops_min", "flops_max", "retrain_epochs",
-                       "retrain_lr", "num_classes", "val_fraction"],
-              allow_zero=("search_epochs", "warmup_epochs", "steps_per_epoch", "weight_decay",
-                          "board_gap", "flops_min", "flops_max", "retrain_epochs",
-                          "num_classes", "meta_lr", "lr", "val_fraction"))
-    if values["flops_max"] and values["flops_min"] > values["flops_max"]:
-        raise cli.UsageError(f"--flops_min ({values['flops_min']}M) is above --flops_max "
-                             f"({values['flops_max']}M)")
-    if not 0 <= values["retrain_dropout"] < 1:
-        raise cli.UsageError(f"--retrain_dropout must be in [0, 1), got {values['retrain_dropout']}")
-    if values["retrain_epochs"] and not (
-            0 <= values["retrain_warmup_epochs"] < values["retrain_epochs"]):
-        raise cli.UsageError(f"--retrain_warmup_epochs ({values['retrain_warmup_epochs']}) must "
-                             f"be in [0, --retrain_epochs={values['retrain_epochs']})")
-    if not 0 <= values["ema_decay"] < 1:
-        raise cli.UsageError(f"--ema_decay must be in [0, 1), got {values['ema_decay']}")
-    if values["num_classes"] == 1:
-        raise cli.UsageError("--num_classes must be 0 (the dataset's) or at least 2")
-    if values["warmup_epochs"] > values["search_epochs"] and values["search_epochs"]:
-        raise cli.UsageError(f"--warmup_epochs ({values['warmup_epochs']}) exceeds "
-                             f"--search_epochs ({values['search_epochs']}): distillation would "
-                             f"never start")
-    if values["mode"] != "profile":
-        try:
-            _space(values, values["num_classes"] or 10)
-        except ValueError as e:
-            raise cli.UsageError(str(e)) from None
-    return Settings(values)
-
-
-def _space(values, num_classes):
-    from cream_tf.space import Space
-
-    return Space(values["space"], values["layout"], values["depth"], values["resolution"],
-                 values["width"], num_classes)
+SEARCH_KEYS = settings_lib.SEARCH_KEYS  # job.SEARCH_KEYS: their first home
 
 
 def check_workdir(settings: Settings) -> str:
@@ -107,26 +31,16 @@ def check_workdir(settings: Settings) -> str:
     if os.path.isfile(workdir):
         raise cli.UsageError(f"--workdir {workdir!r} is a file; give a folder")
     if os.path.exists(config_path):
-        saved = cli.read_json(config_path)
-        diff = [k for k in SEARCH_KEYS if saved.get(k) != _jsonable(settings.values.get(k))]
+        saved, now = cli.read_json(config_path), settings.search_identity()
+        diff = [k for k in SEARCH_KEYS if saved.get(k) != now[k]]
         if diff:
-            changes = ", ".join(f"--{k} ({saved.get(k)!r} there, {settings.values.get(k)!r} now)"
-                                for k in diff)
+            changes = ", ".join(f"--{k} ({saved.get(k)!r} there, {now[k]!r} now)" for k in diff)
             raise cli.UsageError(f"--workdir {workdir!r} holds a run with other settings: "
                                  f"{changes}; use a new --workdir or the same settings")
     elif os.path.isdir(workdir) and set(os.listdir(workdir)) - {LOCK_FILE}:
         raise cli.UsageError(f"--workdir {workdir!r} is not empty and holds no cream_tf run "
                              f"({CONFIG_FILE} missing); give a new or empty folder")
     return config_path
-
-
-def _jsonable(value):
-    return json.loads(json.dumps(value))
-
-
-def _write_config(settings: Settings, config_path: str):
-    if not os.path.exists(config_path):
-        cli.write_json(config_path, {k: settings.values.get(k) for k in SEARCH_KEYS})
 
 
 class Job:
@@ -140,6 +54,7 @@ class Job:
         self.retrain_dir = os.path.join(self.workdir, "retrain")
         self.export_dir = settings.export_dir or os.path.join(self.workdir, "export")
         self._data = None
+        self._space = None
         self._strategy = None
         self._search_result = None
 
@@ -161,7 +76,10 @@ class Job:
 
     @property
     def space(self):
-        return _space(self.s.values, self.data()[1].num_classes)
+        """The search space, with the dataset's classes (made once, after the data)."""
+        if self._space is None:
+            self._space = self.s.make_space(self.data()[1].num_classes)
+        return self._space
 
     @property
     def strategy(self):
@@ -169,34 +87,14 @@ class Job:
             self._strategy = cli.make_strategy(self.s.strategy)
         return self._strategy
 
+    @property
+    def chief(self) -> bool:
+        """Whether this process writes the run's files (every process but multi-worker's others)."""
+        return _is_chief(self.strategy)
+
     def search_config(self):
-        from cream_tf import trainer
-
-        _, info = self.data()
-        steps = self.s.steps_per_epoch or max(1, info.split_sizes["train"] // self.s.batch_size)
-        table_range = None
-        if self.s.flops_min or self.s.flops_max:
-            table_range = (int(self.s.flops_min * 1e6),
-                           int(self.s.flops_max * 1e6) if self.s.flops_max else None)
-        try:
-            return trainer.SearchConfig(
-                epochs=self.s.search_epochs, steps_per_epoch=steps,
-                warmup_epochs=self.s.warmup_epochs, batch_size=self.s.batch_size,
-                learning_rate=self.s.lr * self.s.batch_size / 1024, weight_decay=self.s.weight_decay, prior=self.s.prior,
-                macs_range=table_range, board_size=self.s.board_size,
-                board_images=self.s.board_images, board_gap=self.s.board_gap,
-                teacher=self.s.teacher, meta_interval=self.s.meta_interval,
-                meta_lr=self.s.meta_lr, seed=self.s.seed,
-                checkpoint_interval=self.s.checkpoint_every, jit_compile=self.s.jit_compile,
-                max_bad_steps=self.s.max_bad_steps,
-                mixed_precision=None if self.s.mixed_precision == "none" else self.s.mixed_precision)
-        except ValueError as e:
-            raise cli.UsageError(str(e)) from None
-
-    def macs_range(self):
-        low = int(self.s.flops_min * 1e6) if self.s.flops_min else None
-        high = int(self.s.flops_max * 1e6) if self.s.flops_max else None
-        return low, high
+        """The search's config, its epochs counted in the training split's batches."""
+        return self.s.search_config(self.data()[1].split_sizes["train"])
 
     # -- phases --------------------------------------------------------------------------------
     def search(self):
@@ -214,7 +112,7 @@ class Job:
         history_path = os.path.join(self.search_dir, "board_history.json")
         history = cli.read_json(history_path) if os.path.exists(history_path) else []
         board_json = os.path.join(self.search_dir, "board.json")
-        chief = _is_chief(self.strategy)
+        chief = self.chief
         first = []
 
         def record(step, logs):  # the trainer has just rewritten board.json when it changed
@@ -276,14 +174,14 @@ class Job:
         _announce(f"select: evaluating {len(result.board.entries())} board paths on held-out data")
         try:
             chosen = select_lib.select(space, result.supernet, result.board, bn_train, held_out,
-                                       self.macs_range(), bn_batches=self.s.select_bn_batches,
+                                       self.s.macs_range, bn_batches=self.s.select_bn_batches,
                                        batch_size=min(self.s.batch_size, 256))
         except InputError as e:  # bad input found while working; a bug keeps its traceback
             raise cli.UsageError(str(e)) from None
         print(chosen.to_text())
         payload = {"best": chosen.best, "table": list(chosen.table),
                    "macs_range": list(chosen.macs_range)}
-        if _is_chief(self.strategy):
+        if self.chief:
             cli.write_json(self.select_path, payload)
         return payload
 
@@ -301,26 +199,16 @@ class Job:
                 raise cli.UsageError(f"--arch: {e}") from None
         return arch_lib.path_to_arch(self.selection()["best"]["path"], space)
 
-    def _retrain_config(self, retrain_lib):
-        return retrain_lib.RetrainConfig(
-            epochs=self.s.retrain_epochs, batch_size=self.s.retrain_batch_size,
-            lr=self.s.retrain_lr,  # per 1024 images: RetrainConfig scales it by the batch size
-            dropout=self.s.retrain_dropout, ema_decay=self.s.ema_decay, seed=self.s.seed,
-            warmup_epochs=self.s.retrain_warmup_epochs)
-
     def retrain(self):
         from cream_tf import retrain as retrain_lib
 
         splits, info = self.data()
         space = self.space
         arch = self.architecture()
-        try:
-            config = self._retrain_config(retrain_lib)
-        except ValueError as e:
-            raise cli.UsageError(f"retrain settings: {e}") from None
+        config = self.s.retrain_config()
         _announce(f"retrain: {arch.to_paper()} for {config.epochs} epochs")
         workdir, scratch = self.retrain_dir, None
-        if not _is_chief(self.strategy):
+        if not self.chief:
             # Workers train in lockstep with the chief but write to a throw-away copy of its
             # folder (so they resume from the same epoch), removed afterwards.
             scratch = tempfile.mkdtemp(prefix="cream_tf_retrain_worker_")
@@ -406,7 +294,7 @@ class Job:
                                 max_trials=self.s.tune_trials,
                                 epochs_per_trial=self.s.tune_epochs,
                                 batch_size=self.s.retrain_batch_size,
-                                macs_range=self.macs_range(), algorithm=self.s.tune_algorithm,
+                                macs_range=self.s.macs_range, algorithm=self.s.tune_algorithm,
                                 seed=self.s.seed)
         except InputError as e:  # bad input found while working; a bug keeps its traceback
             raise cli.UsageError(str(e)) from None
@@ -421,7 +309,7 @@ class Job:
         made = [plots.draw_architecture(arch, self.space,
                                         os.path.join(self.workdir, "architecture.png"))]
         if os.path.exists(history_path):
-            low, high = self.macs_range()
+            low, high = self.s.macs_range
             shade = (low / 1e6 if low else 0.0, high / 1e6) if high else None
             made.append(plots.plot_board(cli.read_json(history_path),
                                          os.path.join(self.workdir, "board.png"),
@@ -493,7 +381,7 @@ def profile(settings: Settings):
         title = settings.arch
     else:
         try:
-            space = _space(settings.values, settings.num_classes or 1000)
+            space = settings.make_space(settings.num_classes or 1000)
             arch = arch_lib.parse(settings.arch, space)
         except (ValueError, arch_lib.ArchError) as e:
             raise cli.UsageError(f"--arch: {e}") from None
@@ -505,22 +393,18 @@ def profile(settings: Settings):
     return result
 
 
-def run(flag_values):
+def run(settings: Settings):
+    """Runs `settings.mode` over `settings.workdir`; the settings are already checked."""
     import warnings
 
-    import tensorflow as tf
-
-    if "verbosity" in flag_values and flag_values["verbosity"].value < 0:
-        tf.get_logger().setLevel("ERROR")  # e.g. the retracing notes of per-path evaluation
     # the LiteRT successor of tf.lite.Interpreter is optional; the old one works in TF 2.21
     warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")
-    settings = validate(flag_values)
     if settings.mode == "profile":
         return profile(settings)
     config_path = check_workdir(settings)
     job = Job(settings)
     # before any other TensorFlow op: multi-worker collectives are configured at start-up
-    strategy = job.strategy
+    job.strategy  # noqa: B018
     if settings.deterministic:
         import tensorflow as tf
 
@@ -529,42 +413,42 @@ def run(flag_values):
     if settings.arch:
         job.architecture()
     lock = WorkdirLock(settings.workdir)
-    if _is_chief(strategy):  # the other workers of a multi-worker run share the chief's run
+    if job.chief:  # the other workers of a multi-worker run share the chief's run
         try:
             lock.acquire()
         except WorkdirBusy as e:
             raise cli.UsageError(str(e)) from None
     try:
-        return _run_phases(settings, job, strategy, config_path)
+        return _run_phases(job, config_path)
     finally:
         lock.release()
 
 
-def _run_phases(settings: Settings, job: Job, strategy, config_path: str):
-    if _is_chief(strategy):
-        _write_config(settings, config_path)
+def _run_phases(job: Job, config_path: str):
+    mode = job.s.mode
+    if job.chief and not os.path.exists(config_path):
+        cli.write_json(config_path, job.s.search_identity())
     started = time.time()
-    if settings.mode == "tune":
+    if mode == "tune":
         return job.tune()
-    if settings.mode in ("search", "all"):
+    if mode in ("search", "all"):
         job.search()
-    if settings.mode in ("select", "all"):
-        if settings.mode == "select" or not os.path.exists(job.select_path):
+    if mode in ("select", "all"):
+        if mode == "select" or not os.path.exists(job.select_path):
             job.select()
-    if settings.mode in ("retrain", "all"):
-        if settings.mode == "retrain" or not os.path.exists(
-                os.path.join(job.retrain_dir, "result.json")):
+    if mode in ("retrain", "all"):
+        if mode == "retrain" or not os.path.exists(os.path.join(job.retrain_dir, "result.json")):
             job.retrain()
     report = None
     report_path = os.path.join(job.export_dir, "export_report.json")
-    if not _is_chief(strategy):  # exports, plots and the summary are the chief's alone
+    if not job.chief:  # exports, plots and the summary are the chief's alone
         return None
-    if settings.mode in ("export", "all"):
-        if settings.mode == "export" or not os.path.exists(report_path):
+    if mode in ("export", "all"):
+        if mode == "export" or not os.path.exists(report_path):
             report = job.export()
         else:
             report = cli.read_json(report_path)
-    if settings.mode == "all":
+    if mode == "all":
         summarize(job, report, time.time() - started)
     return None
 

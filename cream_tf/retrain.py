@@ -33,6 +33,7 @@ from cream_tf.cli import atomic_write
 from cream_tf import child
 from cream_tf import data as data_lib
 from cream_tf import safety
+from cream_tf.errors import is_count, require
 from cream_tf.space import Space
 
 __all__ = ["RetrainConfig", "RetrainResult", "RMSpropTF", "BestModelCheckpoint", "retrain",
@@ -87,24 +88,23 @@ class RetrainConfig:
     verbose: int = 1
 
     def __post_init__(self):
-        checks = [
-            (isinstance(self.epochs, int) and self.epochs >= 1, "epochs must be an int >= 1"),
-            (isinstance(self.batch_size, int) and self.batch_size >= 1,
-             "batch_size must be an int >= 1"),
-            (self.lr > 0, "lr must be > 0"),
-            (0 <= self.rho < 1 and 0 <= self.momentum < 1, "rho and momentum must be in [0, 1)"),
-            (self.epsilon > 0, "epsilon must be > 0"),
-            (self.weight_decay >= 0, "weight_decay must be >= 0"),
-            (0 <= self.warmup_epochs < self.epochs, "warmup_epochs must be in [0, epochs)"),
-            (0 <= self.label_smoothing < 1, "label_smoothing must be in [0, 1)"),
-            (0 <= self.dropout < 1, "dropout must be in [0, 1)"),
-            (0 <= self.ema_decay < 1, "ema_decay must be in [0, 1) (0 disables the EMA)"),
-            (self.steps_per_epoch is None or self.steps_per_epoch >= 1,
-             "steps_per_epoch must be None or >= 1"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(f"{message}; got {self}")
+        def need(field, ok, requirement):
+            require("RetrainConfig", field, getattr(self, field), ok, requirement)
+
+        need("epochs", is_count(self.epochs), "an int >= 1")
+        need("batch_size", is_count(self.batch_size), "an int >= 1")
+        need("lr", self.lr > 0, "> 0")
+        need("rho", 0 <= self.rho < 1, "in [0, 1)")
+        need("momentum", 0 <= self.momentum < 1, "in [0, 1)")
+        need("epsilon", self.epsilon > 0, "> 0")
+        need("weight_decay", self.weight_decay >= 0, ">= 0")
+        need("warmup_epochs", 0 <= self.warmup_epochs < self.epochs,
+             lambda name: f"in [0, {name('epochs')}={self.epochs})")
+        need("label_smoothing", 0 <= self.label_smoothing < 1, "in [0, 1)")
+        need("dropout", 0 <= self.dropout < 1, "in [0, 1)")
+        need("ema_decay", 0 <= self.ema_decay < 1, "in [0, 1) (0 disables the EMA)")
+        need("steps_per_epoch", self.steps_per_epoch is None or is_count(self.steps_per_epoch),
+             "None or an int >= 1")
 
     @property
     def scaled_lr(self) -> float:

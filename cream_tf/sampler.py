@@ -159,16 +159,8 @@ class Sampler:
         self.seed = int(seed)
         self.max_tries = int(max_tries)
         lo_all, hi_all = self.table.min_macs, self.table.max_macs
-        low, high = (None, None) if macs_range is None else tuple(macs_range)
-        low = lo_all if low is None else int(low)
-        high = hi_all if high is None else int(high)
-        if low > high:
-            raise InputError(f"macs_range must be (min, max) with min <= max, got {macs_range!r}")
-        self.macs_range = (low, high)
+        low, high = self.macs_range = self.table.resolve_range(macs_range)
         reach = f"paths of this space reach [{lo_all:,}, {hi_all:,}] MACs"
-        if high < lo_all or low > hi_all:
-            raise InputError(f"no path of {space} has MACs in [{low:,}, {high:,}]: {reach} "
-                             f"(min_macs={lo_all}, max_macs={hi_all})")
         # Paths the prior can draw (probability > 0) must reach the range, not just the space.
         masked = flops.CostTable(space, self.table.fixed_macs, self.table.fixed_params,
                                  self.table.macs, self.table.params, self.probs > 0)

@@ -136,17 +136,13 @@ def select(space: Space, supernet: SuperNet, board, train_ds: tf.data.Dataset,
     entries = board.entries() if hasattr(board, "entries") else list(board)
     if not entries:
         raise InputError("the board is empty: nothing to select (run the search longer)")
-    low, high = (None, None) if macs_range is None else tuple(macs_range)
-    low = -np.inf if low is None else low
-    high = np.inf if high is None else high
-    if low > high:
-        raise InputError(f"macs_range must be (min, max) with min <= max, got {macs_range!r}")
+    low, high = flops.macs_range(macs_range)
     table = flops.cost_table(space)
     rows = []
     for entry in entries:
         nested = _nested(entry["path"], space)
         macs = table.path_macs(nested)
-        in_range = bool(low <= macs <= high)
+        in_range = (low is None or macs >= low) and (high is None or macs <= high)
         # only paths inside the range are evaluated (the others cannot be chosen)
         accuracy = (evaluate_path(space, supernet, nested, train_ds, val_ds, bn_batches,
                                   batch_size) if in_range else None)
@@ -157,9 +153,8 @@ def select(space: Space, supernet: SuperNet, board, train_ds: tf.data.Dataset,
                      "in_range": in_range})
     rows.sort(key=lambda r: (not r["in_range"], -(r["accuracy"] or 0.0), r["macs"]))
     candidates = [r for r in rows if r["in_range"]]
-    shown = (int(low) if np.isfinite(low) else None, int(high) if np.isfinite(high) else None)
     if not candidates:
         have = ", ".join(format(m, ",") for m in sorted(r["macs"] for r in rows))
-        raise InputError(f"no board path has MACs in [{shown[0]}, {shown[1]}]; the board's paths "
+        raise InputError(f"no board path has MACs in [{low}, {high}]; the board's paths "
                          f"have {have} MACs")
-    return Selection(candidates[0], tuple(rows), shown)
+    return Selection(candidates[0], tuple(rows), (low, high))

@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Sequence
 
+from cream_tf.errors import is_count, require
+
 __all__ = [
     "Op", "SKIP", "MBCONV_OPS", "RES_OP", "CONV_OPS", "SPACES", "LAYOUTS", "Layer", "Space",
     "make_divisible",
@@ -123,30 +125,27 @@ class Space:
     num_classes: int = 1000
 
     def __post_init__(self):
-        if self.name not in SPACES:
-            raise ValueError(f"unknown space {self.name!r}; valid spaces: {', '.join(SPACES)}")
-        if self.layout not in LAYOUTS:
-            raise ValueError(f"unknown layout {self.layout!r}; valid layouts: {', '.join(LAYOUTS)}")
+        def need(field, ok, requirement):
+            require("Space", field, getattr(self, field), ok, requirement)
+
+        need("name", self.name in SPACES, f"one of {', '.join(SPACES)}")
+        need("layout", self.layout in LAYOUTS, f"one of {', '.join(LAYOUTS)}")
         depth = self.depth
         if isinstance(depth, int) and not isinstance(depth, bool):
             depth = (depth,) * len(STAGE_CHANNELS)
         try:
             depth = tuple(int(d) for d in depth)
         except (TypeError, ValueError):
-            raise ValueError(f"depth must be an int or {len(STAGE_CHANNELS)} ints, got {self.depth!r}")
-        if len(depth) != len(STAGE_CHANNELS) or any(not 1 <= d <= MAX_DEPTH for d in depth):
-            raise ValueError(f"depth must be one int or {len(STAGE_CHANNELS)} ints, each from 1 to "
-                             f"{MAX_DEPTH} (the paper uses 4 to 6), got {self.depth!r}")
+            depth = ()
+        need("depth", len(depth) == len(STAGE_CHANNELS) and all(
+            1 <= d <= MAX_DEPTH for d in depth), f"one int or {len(STAGE_CHANNELS)} ints, each "
+             f"from 1 to {MAX_DEPTH} (the paper uses 4 to 6)")
         object.__setattr__(self, "depth", depth)
-        if isinstance(self.resolution, bool) or not isinstance(self.resolution, int) or \
-                self.resolution < MIN_RESOLUTION:
-            raise ValueError(f"resolution must be an int >= {MIN_RESOLUTION} (the network downsamples "
-                             f"by 32), got {self.resolution!r}")
-        if not (isinstance(self.width, (int, float)) and 0 < self.width <= 4):
-            raise ValueError(f"width must be a number in (0, 4], got {self.width!r}")
-        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or \
-                self.num_classes < 2:
-            raise ValueError(f"num_classes must be an int >= 2, got {self.num_classes!r}")
+        need("resolution", is_count(self.resolution) and self.resolution >= MIN_RESOLUTION,
+             f"an int >= {MIN_RESOLUTION} (the network downsamples by 32)")
+        need("width", isinstance(self.width, (int, float)) and not isinstance(self.width, bool)
+             and 0 < self.width <= 4, "a number in (0, 4]")
+        need("num_classes", is_count(self.num_classes) and self.num_classes >= 2, "an int >= 2")
 
     # -- ops ---------------------------------------------------------------------------------
     @property

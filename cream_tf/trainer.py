@@ -30,7 +30,7 @@ from cream_tf import matching as matching_lib
 from cream_tf import safety
 from cream_tf.cli import atomic_write as write_atomic  # noqa: F401  (public name)
 from cream_tf.board import Board
-from cream_tf.errors import InputError
+from cream_tf.errors import InputError, is_count, require
 from cream_tf.sampler import Sampler
 from cream_tf.space import Space
 from cream_tf.supernet import SuperNet, read_values, switch
@@ -328,33 +328,28 @@ class SearchConfig:
     trace_meta: bool | None = None     # None: traced iff the search makes >= 100 meta updates
 
     def __post_init__(self):
-        ints = ("epochs", "steps_per_epoch", "batch_size", "board_size", "board_images",
-                "meta_interval", "meta_slice", "checkpoint_interval", "keep_checkpoints",
-                "log_interval", "max_bad_steps")
-        for name in ints:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"SearchConfig.{name} must be an int >= 1, got {value!r}")
-        if not 0 <= self.warmup_epochs <= self.epochs:
-            raise ValueError(f"SearchConfig.warmup_epochs must be in [0, epochs={self.epochs}], "
-                             f"got {self.warmup_epochs!r}")
-        if self.teacher not in matching_lib.TEACHER_MODES:
-            raise ValueError(f"SearchConfig.teacher must be one of "
-                             f"{', '.join(matching_lib.TEACHER_MODES)}, got {self.teacher!r}")
-        for name in ("learning_rate", "meta_lr"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"SearchConfig.{name} must be > 0, got {getattr(self, name)!r}")
-        if not 0 <= self.label_smoothing < 1 or not 0 <= self.dropout < 1:
-            raise ValueError("SearchConfig.label_smoothing and dropout must be in [0, 1)")
-        if self.weight_decay < 0 or not 0 <= self.momentum < 1:
-            raise ValueError("SearchConfig.weight_decay must be >= 0 and momentum in [0, 1)")
-        if self.mixed_precision not in MIXED_PRECISION:
-            raise ValueError(f"SearchConfig.mixed_precision must be one of "
-                             f"{', '.join(map(str, MIXED_PRECISION))}, got "
-                             f"{self.mixed_precision!r}")
-        if self.trace_meta not in (None, True, False):
-            raise ValueError(f"SearchConfig.trace_meta must be None (automatic), True or False, "
-                             f"got {self.trace_meta!r}")
+        def need(field, ok, requirement):
+            require("SearchConfig", field, getattr(self, field), ok, requirement)
+
+        for field in ("epochs", "steps_per_epoch", "batch_size", "board_size", "board_images",
+                      "meta_interval", "meta_slice", "checkpoint_interval", "keep_checkpoints",
+                      "log_interval", "max_bad_steps"):
+            need(field, is_count(getattr(self, field)), "an int >= 1")
+        need("warmup_epochs", 0 <= self.warmup_epochs <= self.epochs,
+             lambda name: f"in [0, {name('epochs')}={self.epochs}]")
+        need("teacher", self.teacher in matching_lib.TEACHER_MODES,
+             f"one of {', '.join(matching_lib.TEACHER_MODES)}")
+        need("learning_rate", self.learning_rate > 0, "> 0")
+        need("meta_lr", self.meta_lr > 0, "> 0")
+        need("board_gap", self.board_gap >= 0, ">= 0")
+        need("label_smoothing", 0 <= self.label_smoothing < 1, "in [0, 1)")
+        need("dropout", 0 <= self.dropout < 1, "in [0, 1)")
+        need("weight_decay", self.weight_decay >= 0, ">= 0")
+        need("momentum", 0 <= self.momentum < 1, "in [0, 1)")
+        need("mixed_precision", self.mixed_precision in MIXED_PRECISION,
+             f"one of {', '.join(map(str, MIXED_PRECISION))}")
+        need("trace_meta", self.trace_meta in (None, True, False),
+             "None (automatic), True or False")
 
     @property
     def meta_traced(self) -> bool:

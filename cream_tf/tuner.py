@@ -123,37 +123,13 @@ def _values_from_flat(flat, space: Space) -> dict:
 
 # -- MACs ranges ---------------------------------------------------------------------------------
 
-class MacsRangeError(InputError):
-    """A MACs range no path of the space reaches, or in which no path was found."""
+MacsRangeError = flops.MacsRangeError  # tuner.MacsRangeError: its first home
 
 
 def resolve_macs_range(space: Space, macs_range) -> tuple:
-    """Checks `macs_range` = (min, max) (either may be None: open) against what the space reaches.
-
-    Returns the range as two ints. Raises `MacsRangeError` naming the reachable range when no path
-    can lie inside.
-    """
-    table = flops.cost_table(space)
-    reach = (table.min_macs, table.max_macs)
-    if macs_range is None:
-        return reach
-    try:
-        lo, hi = macs_range
-    except (TypeError, ValueError):
-        raise ValueError(f"macs_range must be (min, max), got {macs_range!r}") from None
-    for name, v in (("min", lo), ("max", hi)):
-        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float, np.number))
-                              or not math.isfinite(v) or v < 0):
-            raise ValueError(f"macs_range {name} must be a non-negative number or None, got {v!r}")
-    if lo is not None and hi is not None and lo > hi:
-        raise ValueError(f"macs_range min {lo:,} is above max {hi:,}")
-    lo = reach[0] if lo is None else int(math.ceil(lo))
-    hi = reach[1] if hi is None else int(math.floor(hi))
-    if hi < reach[0] or lo > reach[1]:
-        raise MacsRangeError(
-            f"no path of {space} has MACs in [{lo:,}, {hi:,}]: its paths reach "
-            f"[{reach[0]:,}, {reach[1]:,}] MACs ({reach[0] / 1e6:.2f}M to {reach[1] / 1e6:.2f}M)")
-    return lo, hi
+    """`macs_range` = (min, max) (either may be None: open) as two ints within what the space
+    reaches; `MacsRangeError` names the reachable range when no path can lie inside."""
+    return flops.cost_table(space).resolve_range(macs_range)
 
 
 class _RangeSampler:

@@ -9,6 +9,7 @@ import os
 
 import pytest
 
+import conftest
 from conftest import ROOT, run_py as run
 
 
@@ -140,25 +141,9 @@ def test_each_mode_in_turn_and_a_killed_export_resumes(tmp_path):
     assert sorted(os.listdir(export)) == listing
 
 
-def _settings(**overrides):
-    import types
-
-    import run  # noqa: F401  (defines the flags)
-    from absl import flags
-
-    from cream_tf import job
-
-    values = {name: flags.FLAGS[name].default for name in run.OUR_FLAGS}
-    values.update(dataset="synthetic:4", resolution=32, depth=["1"], width=0.25, **overrides)
-    return job.validate({k: types.SimpleNamespace(value=v) for k, v in values.items()})
-
-
 @pytest.mark.parametrize("batch", [32, 128, 1024])
 def test_retrain_learning_rate_is_per_1024_images_scaled_once(batch):
-    from cream_tf import job
-    from cream_tf import retrain as retrain_lib
-
-    settings = _settings(retrain_lr=0.064, retrain_batch_size=batch, retrain_epochs=10)
-    config = job.Job(settings)._retrain_config(retrain_lib)
+    config = conftest.settings(retrain_lr=0.064, retrain_batch_size=batch,
+                               retrain_epochs=10).retrain_config()
     assert config.lr == 0.064
     assert config.scaled_lr == pytest.approx(0.064 * batch / 1024)

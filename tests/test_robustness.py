@@ -15,6 +15,7 @@ import pytest
 import tensorflow as tf
 from hypothesis import HealthCheck, given, settings, strategies as st
 
+import conftest
 from cream_tf import cli, safety, trainer
 from cream_tf.space import Space
 
@@ -241,49 +242,37 @@ def test_corrupted_checkpoint_is_a_clear_error_and_nothing_changes(checkpointed,
 
 # -- bad flag values ---------------------------------------------------------------------------
 
-def _flag_defaults():
-    import run  # noqa: F401  (defines the flags)
-    from absl import flags
-
-    return {name: flags.FLAGS[name].default for name in run.OUR_FLAGS}
-
-
-def _flags(**overrides):
-    values = {**_flag_defaults(), "dataset": "synthetic:4", "resolution": 32, "depth": ["1"],
-              "width": 0.25, "batch_size": 8}
-    values.update(overrides)
-    return {k: types.SimpleNamespace(value=v) for k, v in values.items()}
-
-
 SIZES = ["batch_size", "board_size", "board_images", "meta_interval", "select_bn_batches",
-         "retrain_batch_size", "resolution", "checkpoint_every", "max_bad_steps"]
+         "retrain_batch_size", "checkpoint_every", "max_bad_steps", "search_epochs",
+         "retrain_epochs", "tune_trials", "tune_epochs"]
 
 
 @PROPS
 @given(name=st.sampled_from(SIZES), value=st.integers(-10**6, 0))
 def test_non_positive_sizes_name_the_flag(name, value):
-    from cream_tf import job
-
-    with pytest.raises(cli.UsageError, match=f"--{name} must be > 0"):
-        job.validate(_flags(**{name: value}))
+    with pytest.raises(cli.UsageError, match=f"^--{name} must be (> 0|an int >= 1), got {value}"):
+        conftest.settings(**{name: value})
 
 
 @PROPS
-@given(low=st.floats(0.01, 1e4), gap=st.floats(0.001, 1e4))
-def test_flops_min_above_max_is_refused(low, gap):
-    from cream_tf import job
+@given(name=st.sampled_from(["lr", "meta_lr", "retrain_lr"]), value=st.floats(-10, 0))
+def test_non_positive_rates_name_the_flag(name, value):
+    with pytest.raises(cli.UsageError, match=f"^--{name} must be > 0, got "):
+        conftest.settings(**{name: value})
 
-    with pytest.raises(cli.UsageError, match="--flops_min .* is above --flops_max"):
-        job.validate(_flags(flops_min=low + gap, flops_max=low))
+
+@PROPS
+@given(low=st.floats(0.01, 1e4), gap=st.floats(0.01, 1e4))
+def test_flops_min_above_max_is_refused(low, gap):
+    with pytest.raises(cli.UsageError, match="^--flops_min/--flops_max .* above max"):
+        conftest.settings(flops_min=low + gap, flops_max=low)
 
 
 @PROPS
 @given(resolution=st.integers(1, 31))
 def test_resolution_below_the_networks_stride_is_refused(resolution):
-    from cream_tf import job
-
-    with pytest.raises(cli.UsageError, match="resolution must be an int >= 32"):
-        job.validate(_flags(resolution=resolution))
+    with pytest.raises(cli.UsageError, match="^--resolution must be an int >= 32"):
+        conftest.settings(resolution=resolution)
 
 
 GOOD_ARCH = "DS | {} | MB4 3x3 | MB4 3x3 | MB4 3x3 | MB4 3x3"
@@ -300,10 +289,11 @@ def test_unknown_op_in_arch_is_refused_and_nothing_is_written(op):
     folder = tempfile.mkdtemp(prefix="arch_")
     try:
         workdir = os.path.join(folder, "w")
-        flag_values = _flags(mode="retrain", workdir=workdir, arch=GOOD_ARCH.format(op))
+        settings = conftest.settings(mode="retrain", workdir=workdir,
+                                     arch=GOOD_ARCH.format(op))
         before = listing(folder)
         with pytest.raises(cli.UsageError, match="--arch: ") as info:
-            job.run(flag_values)
+            job.run(settings)
         assert f"bad token {op!r} in stage 1" in str(info.value)
         assert "expected one of MB4 3x3" in str(info.value)
         assert listing(folder) == before

@@ -33,11 +33,15 @@ BAD = [
     (["--space=resnet"], "space", "mbconv|mbconv_res|mbconv_res_conv"),
     (["--dataset=imagenet"], "unknown dataset spec 'imagenet'", "valid kinds: tfds:NAME"),
     (["--dataset=folder:{tmp}/nothing_here"], "folder", ""),
-    (["--batch_size=-4"], "--batch_size must be > 0", ""),
-    (["--flops_min=50", "--flops_max=10"], "--flops_min (50.0M) is above --flops_max (10.0M)", ""),
+    (["--batch_size=-4"], "--batch_size must be an int >= 1, got -4", ""),
+    (["--lr=0"], "--lr must be > 0, got 0.0", ""),
+    (["--search_epochs=0"], "--search_epochs must be an int >= 1", ""),
+    (["--flops_min=50", "--flops_max=10"], "--flops_min/--flops_max (50.0M, 10.0M)",
+     "min <= max"),
     (["--resolution=16"], "resolution must be an int >= 32", ""),
-    (["--retrain_epochs=2"], "--retrain_warmup_epochs (3.0) must be in [0, --retrain_epochs=2)",
+    (["--retrain_epochs=2"], "--retrain_warmup_epochs must be in [0, --retrain_epochs=2), got 3.0",
      ""),
+    (["--retrain_epochs=0", "--mode=retrain"], "--retrain_epochs must be an int >= 1", ""),
     (["--depth=2,2"], "depth must be one int or 5 ints", ""),
     (["--depth=x"], "--depth takes one int or five", ""),
     (["--mode=retrain", "--arch=DS | MB9 3x3"], "--arch: ", "expected"),
@@ -145,5 +149,5 @@ def test_input_found_bad_while_working_is_one_line(tmp_path):
                   f"--workdir={tmp_path / 'w'}"], cwd=tmp_path)
     assert result.returncode == 2, result.stderr[-3000:]
     line = _error_line(result)
-    assert "has MACs in [0, 1,000]" in line and "paths of this space reach" in line
+    assert "has MACs in [0, 1,000]" in line and "its paths reach" in line
     assert "Traceback" not in result.stderr

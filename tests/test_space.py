@@ -53,8 +53,8 @@ def test_make_divisible(value, expected):
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    ({"name": "resnet"}, "valid spaces: mbconv, mbconv_res, mbconv_res_conv"),
-    ({"layout": "tf"}, "valid layouts: released, paper"),
+    ({"name": "resnet"}, "name must be one of mbconv, mbconv_res, mbconv_res_conv"),
+    ({"layout": "tf"}, "layout must be one of released, paper"),
     ({"depth": 7}, "from 1 to 6"),
     ({"depth": (4, 4)}, "one int or 5 ints"),
     ({"depth": "deep"}, "depth must"),

@@ -8,6 +8,7 @@ import textwrap
 
 import pytest
 
+import conftest
 from conftest import ROOT, run_py
 from cream_tf import job
 from cream_tf.workdir_lock import LOCK_FILE, WorkdirBusy, WorkdirLock
@@ -53,7 +54,7 @@ def test_a_killed_holder_does_not_block_the_next_run(holder):
     with WorkdirLock(str(workdir)):
         pass
     # and a workdir holding only a stale lock file is a fresh workdir to run.py
-    settings = job.Settings(values={"workdir": str(workdir)})
+    settings = conftest.settings(workdir=str(workdir))
     assert job.check_workdir(settings) == os.path.join(str(workdir), job.CONFIG_FILE)
 
 
