@@ -445,7 +445,9 @@ def _load_synthetic(spec, arg, resolution):
 
 @dataclasses.dataclass(frozen=True)
 class Augment:
-    """Training augmentation. Defaults are the release's search recipe (CREAM_SPEC section 6).
+    """Training augmentation. Defaults are the release's search recipe.
+
+    Both recipes: docs/method.md, "Supernet training" and "Selection and retraining".
 
     Attributes:
       crop_scale, crop_ratio: random resized crop area fraction and aspect-ratio ranges.

@@ -1,4 +1,6 @@
-"""Retraining a found architecture from scratch with `model.fit` (CREAM_SPEC section 8).
+"""Retraining a found architecture from scratch with `model.fit`.
+
+The recipe and its defaults: docs/method.md, "Selection and retraining".
 
 The release recipe, scaled by `RetrainConfig`: TF-style RMSprop (lr 0.064 per 1024 examples,
 decay 0.9, momentum 0.9, epsilon 1e-3 inside the square root, accumulators starting at one),
@@ -268,8 +270,10 @@ def sync_replica_statistics(model: keras.Model, strategy: tf.distribute.Strategy
     """Sets every non-trainable variable (BN moving mean/variance) to its mean over replicas.
 
     Under MirroredStrategy Keras 3 keeps one copy of the BN statistics per replica and never
-    reconciles them (KERAS3_NOTES 0.4): evaluation under the strategy would mix the copies while a
-    saved model keeps replica 0's. Averaging them makes both see the same, better estimate.
+    reconciles them: it creates the moving mean and variance as mirrored variables with
+    aggregation NONE, so each replica writes its own copy and the copies drift apart. Evaluation
+    under the strategy would then mix the copies while a saved model keeps replica 0's.
+    Averaging them makes both see the same, better estimate.
     """
     if strategy.num_replicas_in_sync == 1:
         return

@@ -1,4 +1,7 @@
-"""The Cream search: supernet training with a prioritized board (CREAM_SPEC sections 6-7).
+"""The Cream search: supernet training with a prioritized board.
+
+The method and its defaults: docs/method.md, "Supernet training" and "The prioritized board and
+the matching network".
 
 One step: sample a path on the host (`Sampler`, a function of (seed, step), so every replica and
 worker trains the same path and a resumed run samples what an uninterrupted one would); forward it
@@ -290,7 +293,9 @@ class PathSGD(keras.optimizers.SGD):
 
 @dataclasses.dataclass
 class SearchConfig:
-    """Settings of a search; defaults are the release's ImageNet search (CREAM_SPEC 6-7).
+    """Settings of a search; defaults are the release's ImageNet search.
+
+    Each setting's meaning and the release's value: docs/method.md, "Supernet training".
 
     Steps: `epochs * steps_per_epoch` (ImageNet: 1,281,167 / 1024 -> 1251 per epoch). Scale it down
     by setting `epochs`, `steps_per_epoch`, `warmup_epochs` and `batch_size`.
@@ -304,7 +309,7 @@ class SearchConfig:
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 1e-4         # coupled L2 on conv/dense kernels
-    freeze_inactive: bool = True       # ops off the path keep weights and momentum (section 9)
+    freeze_inactive: bool = True       # ops off the path keep weights and momentum (docs/method.md)
     label_smoothing: float = 0.1
     dropout: float = 0.0
     prior: object = "release"          # 'uniform', 'release' or one weight per op
