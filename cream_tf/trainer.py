@@ -196,7 +196,7 @@ class PathSGD(keras.optimizers.SGD):
         On one device the conds update the variables in place. Under a strategy, the update
         goes through one function traced once (`_path_update`) that each replica runs on its
         own copies, and only the assignments are per device: tracing per-variable updates on
-        every device grew the step's trace linearly with the replicas (17 of 41 s on two).
+        every device grew the step's trace linearly with the replicas.
         """
         if not self.freeze_inactive or not tf.inside_function():
             return super()._backend_update_step(grads, trainable_variables, learning_rate)
@@ -364,9 +364,9 @@ class SearchConfig:
     @property
     def meta_traced(self) -> bool:
         """Whether the meta update runs as a traced tf.function. Its forwards call the step's
-        shared supernet forward, so the trace is its own ops and their wiring (19 s once for
-        small.flags' space on 2 CPU cores); after that an update is ~10x cheaper than an eager
-        one (benchmarks/README.md). Worth it for long searches, not for a few updates."""
+        shared supernet forward, so the trace holds only the update's own ops and their wiring:
+        a one-off cost, after which each update is far cheaper than an eager one (measured in
+        benchmarks/README.md). Worth it for long searches, not for a few updates."""
         if self.trace_meta is not None:
             return bool(self.trace_meta)
         distill_steps = self.total_steps - self.warmup_steps
