@@ -1,6 +1,7 @@
 """A PyTorch network of the release's layout, shared by the checkpoint tests and the benchmark.
 
-* The release's blocks in torch.nn (names as in its checkpoints, CREAM_SPEC sections 2 and 5):
+* The release's blocks in torch.nn (names as in its checkpoints; docs/method.md, "Blocks" and
+  "The released architectures"):
   `SqueezeExcite` (hard-sigmoid gate), `DepthwiseSeparable`, `InvertedResidual`, `Bottleneck`,
   `ConvBnAct`, and `TorchChild`, one child network built from an `Arch`.
 * `TorchSuperNet`: the release's supernet structure (its `SuperNet.forward_features` loop): stem,
@@ -372,7 +373,8 @@ class SearchSteps:
     With `release_scoring` rho is sigmoid(-score) of the last entry scored and keeps its graph,
     as the release's `select_teacher` does, so the backward also runs through that entry's
     scoring forward and the matching layer; otherwise rho = sigmoid(score of the chosen
-    teacher) without gradient, as cream_tf does (CREAM_SPEC section 9).
+    teacher) without gradient, as cream_tf does (docs/method.md, "Where cream_tf departs from the
+    release").
     """
 
     def __init__(self, net, images, labels, board, board_images, label_smoothing=0.1, lr=0.1,

@@ -1,4 +1,6 @@
-"""Cream's building blocks as plain functions of built-in Keras layers (CREAM_SPEC section 2).
+"""Cream's building blocks as plain functions of built-in Keras layers.
+
+What each block computes: docs/method.md, "Blocks".
 
 Every layer gets a deterministic name `{prefix}_{part}` (e.g. `stage2_block1_expand_conv`), so a
 network built from these functions saves, exports and reloads without cream_tf, and weights move

@@ -1,4 +1,7 @@
-"""The prioritized board of Cream (CREAM_SPEC section 7): the K best paths seen during the search.
+"""The prioritized board of Cream: the K best paths seen during the search.
+
+The method, with the release's numbers: docs/method.md, "The prioritized board and the matching
+network".
 
 Every entry keeps its path, its score (top-1 accuracy in percent on the step's batch), its MACs, a
 few stored images and the path's own softmax outputs on them. The state lives in fixed-capacity
@@ -13,7 +16,7 @@ Updates are decided on the host (`Board.update`, eager, cross-replica context): 
 only the small variables (paths, scores, MACs, size); the images and probabilities are reordered on
 the device with one gather and only when the board changes.
 
-Entry rule (section 7): a new path enters when the board is not full, or when its score beats the
+Entry rule: a new path enters when the board is not full, or when its score beats the
 worst entry by more than `gap`, or beats it (strictly) with strictly fewer MACs. The board is sorted
 by score, ties broken by fewer MACs (then by age: an incumbent ranks before a newcomer with the
 same score and MACs); beyond K the worst entry drops out.
@@ -49,7 +52,7 @@ def _positive_int(value, what: str) -> int:
 
 
 class Board(tf.Module):
-    """The prioritized board (CREAM_SPEC section 7).
+    """The prioritized board (docs/method.md, "The prioritized board and the matching network").
 
     State lives in tf.Variables so it checkpoints with tf.train.Checkpoint and can be read inside a
     tf.function; create it inside `strategy.scope()` when training under a tf.distribute strategy

@@ -70,9 +70,9 @@ class DatasetInfo:
         magnitude-9 translations, rotations and inversions wreck upsampled 8x8 digits, and
         short runs on them learn far better without).
       search_augment: whether the search recipe (crop, flip, colour jitter, erasing) suits a
-        supernet on this data (False for digits: on 1,400 upsampled 8x8 digits a supernet on
-        random paths stayed at 16% training accuracy after 1,500 steps with it and reached 49%
-        without it; a single fixed path learns under it either way). False: no augmentation.
+        supernet on this data (False for digits: on so few, so small images it kept a supernet
+        on random paths from learning, while a single fixed path learns under it either way).
+        False: no augmentation.
     """
 
     spec: str
@@ -452,7 +452,9 @@ def _load_synthetic(spec, arg, resolution):
 
 @dataclasses.dataclass(frozen=True)
 class Augment:
-    """Training augmentation. Defaults are the release's search recipe (CREAM_SPEC section 6).
+    """Training augmentation. Defaults are the release's search recipe.
+
+    Both recipes: docs/method.md, "Supernet training" and "Selection and retraining".
 
     Attributes:
       crop_scale, crop_ratio: random resized crop area fraction and aspect-ratio ranges.

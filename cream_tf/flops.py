@@ -1,4 +1,6 @@
-"""MACs and parameters by the rules behind Cream's published numbers (CREAM_SPEC section 4).
+"""MACs and parameters by the rules behind Cream's published numbers.
+
+Rules and a worked example: docs/method.md, "MACs and parameters".
 
 Published "FLOPs" are multiply-accumulates counted at batch 1 as thop 0.0.31 did:
 

@@ -1,4 +1,7 @@
-"""Teacher selection, the Cream loss and the matching network's meta-gradient (CREAM_SPEC 7, 9).
+"""Teacher selection, the Cream loss and the matching network's meta-gradient.
+
+The method: docs/method.md, "The prioritized board and the matching network"; where this differs
+from the authors' release: docs/method.md, "Where cream_tf departs from the release".
 
 * `MatchingNetwork` M scores a board entry from the difference between the student's softmax on the
   entry's stored images and the entry's stored softmax (release: one dense layer, n*classes -> 1).
@@ -29,8 +32,9 @@ INNER_LOSSES = ("kd", "cream")
 class MatchingNetwork(keras.Model):
     """M of Cream: one Dense(1) on the flattened [n, classes] softmax difference of an entry.
 
-    Initialised like the release's `torch.nn.Linear` (kernel and bias uniform in
-    +-1/sqrt(n * classes)), so early matching scores have the release's scale. Built on
+    Initialised with kernel and bias uniform in +-1/sqrt(n * classes), the scale of a default
+    `torch.nn.Linear`. The release re-initialises its M (kernel uniform in [-1, 1], bias 0): a
+    current difference, docs/method.md, "Where cream_tf departs from the release". Built on
     construction: its variables exist as soon as it is created (inside `strategy.scope()` if it
     should be mirrored), so an optimizer can be built on them before any step is traced.
 
@@ -103,7 +107,12 @@ def student_board_probs(forward, board_images, board_size):
 
 
 def select_teacher(mode: str, student_probs, board_probs, board_size, matching=None):
-    """Chooses the teacher entry of the board (CREAM_SPEC section 7; section 9 for rho).
+    """Chooses the teacher entry of the board.
+
+    The method: docs/method.md, "The prioritized board and the matching network".
+
+    rho is the sigmoid of the *chosen* entry's score; the release takes that of the last entry
+    it scored (docs/method.md, "Where cream_tf departs from the release").
 
     Args:
       mode: 'top1' (best entry, rho = 0.5) or 'meta' (argmax of M over the valid entries).
@@ -182,7 +191,9 @@ def cream_loss(labels, student_logits, teacher_logits, rho, label_smoothing, glo
     `labels` are int class ids [B] or target distributions [B, classes]. `teacher_logits=None`
     gives plain CE (the warm-up loss). Gradients stop at the teacher logits (the teacher runs
     without gradient) and at rho (M learns only by `meta_gradients`; without the stop, the
-    training step would also move the student's weights through the scoring forward and M).
+    training step would also move the student's weights through the scoring forward and M). The
+    release does not stop it there: a current difference, docs/method.md, "Where cream_tf
+    departs from the release".
     """
     logits = _float(student_logits)
     log_probs = tf.nn.log_softmax(logits, axis=-1)
@@ -214,7 +225,13 @@ def meta_gradients(model, path, matching, board_images, board_probs, board_size,
                    x_kd, y_kd, x_val, y_val, lr, label_smoothing, global_batch_size,
                    *, board_paths=None, inner_loss: str = "kd", training: bool = True,
                    forward=None):
-    """Gradient of M's meta-objective (CREAM_SPEC section 7, with the section 9 fix).
+    """Gradient of M's meta-objective.
+
+    The method: docs/method.md, "The prioritized board and the matching network".
+
+    Unlike the release, where it reaches M through the stem conv only, the gradient flows
+    through every weight of the simulated step (docs/method.md, "Where cream_tf departs from
+    the release").
 
     1. The student (`path`) scores every board entry in one batched forward
        (`student_board_probs`); `select_teacher('meta', ...)` picks the teacher and rho.

@@ -1,4 +1,6 @@
-"""Retraining a found architecture from scratch with `model.fit` (CREAM_SPEC section 8).
+"""Retraining a found architecture from scratch with `model.fit`.
+
+The recipe and its defaults: docs/method.md, "Selection and retraining".
 
 The release recipe, scaled by `RetrainConfig`: TF-style RMSprop (lr 0.064 per 1024 examples,
 decay 0.9, momentum 0.9, epsilon 1e-3 inside the square root, accumulators starting at one),
@@ -55,12 +57,10 @@ class RetrainConfig:
       label_smoothing, dropout: as named.
       ema_decay: weight EMA momentum per step; 0 disables the EMA. The EMA
         needs several times 1 / (1 - ema_decay) steps to forget its start: 0.9999 suits 500
-        ImageNet epochs; a run of a few hundred steps wants about 0.9 (digits, 320 steps: 0.9
-        gave 94% test accuracy, 0.99 gave 70%).
+        ImageNet epochs; a run of a few hundred steps wants about 0.9.
       ema_batch_norm: also average the BN moving statistics (`EmaBatchNormStatistics`), as timm's
         ModelEma does. Off by default: BN statistics are already moving averages, and averaging
-        them again made the EMA model worse in short runs here (digits, 24 steps, two seeds:
-        val accuracy 0.118 / 0.535 with it, 0.299 / 0.715 without).
+        them again made the EMA model worse in short runs.
       steps_per_epoch: default: train examples // batch_size.
       augment: `data.Augment`; default `Augment.retrain(info)` (RandAugment 2 ops magnitude 9,
         random erasing 0.2).
@@ -268,8 +268,10 @@ def sync_replica_statistics(model: keras.Model, strategy: tf.distribute.Strategy
     """Sets every non-trainable variable (BN moving mean/variance) to its mean over replicas.
 
     Under MirroredStrategy Keras 3 keeps one copy of the BN statistics per replica and never
-    reconciles them (KERAS3_NOTES 0.4): evaluation under the strategy would mix the copies while a
-    saved model keeps replica 0's. Averaging them makes both see the same, better estimate.
+    reconciles them: it creates the moving mean and variance as mirrored variables with
+    aggregation NONE, so each replica writes its own copy and the copies drift apart. Evaluation
+    under the strategy would then mix the copies while a saved model keeps replica 0's.
+    Averaging them makes both see the same, better estimate.
     """
     if strategy.num_replicas_in_sync == 1:
         return

@@ -1,4 +1,4 @@
-"""Path sampling for the search (CREAM_SPEC section 6, step 1).
+"""Path sampling for the search (docs/method.md, "Supernet training", step 1).
 
 Per searchable layer, op probabilities come from a prior:
 

@@ -1,4 +1,4 @@
-"""Choosing the final architecture from the board (CREAM_SPEC section 8).
+"""Choosing the final architecture from the board (docs/method.md, "Selection and retraining").
 
 The paper takes the most promising board path directly. Board scores are accuracies on single
 training batches, measured while the supernet moved, and each op's BatchNorm statistics only saw

@@ -38,12 +38,10 @@ def switch(index, branch_fns):
     By default TensorFlow lowers a traced `Case` into Switch/Merge nodes: every node of every
     untaken branch, forward and backward, then stays in the step's graph and is processed
     (as dead) on every step. For a supernet, where each layer has six branches and one runs,
-    that executor work dominated the step at small resolutions: a profile of the plain step
-    showed the host idle between kernels for 41 ms per step against 24 ms for the same path as a
-    child network. Keeping the `Case` op (`lower_using_switch_merge=False`) runs the taken
-    branch as a function call; the gradient `Case` keeps the setting. Measured in
-    benchmarks/README.md. Eagerly, and under XLA (which compiles a Case to one conditional
-    either way), it is `tf.switch_case`.
+    that executor work dominated the step at small resolutions. Keeping the `Case` op
+    (`lower_using_switch_merge=False`) runs the taken branch as a function call; the gradient
+    `Case` keeps the setting. Measured in benchmarks/README.md. Eagerly, and under XLA (which
+    compiles a Case to one conditional either way), it is `tf.switch_case`.
     """
     if _cond_v2 is None or tf.executing_eagerly():
         return tf.switch_case(index, branch_fns)

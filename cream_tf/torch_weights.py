@@ -1,4 +1,6 @@
-"""Loading the authors' PyTorch checkpoints into cream_tf networks (CREAM_SPEC section 5).
+"""Loading the authors' PyTorch checkpoints into cream_tf networks.
+
+Which networks and files: docs/method.md, "The released architectures".
 
 The release publishes timm `CheckpointSaver` dictionaries (`state_dict`, `state_dict_ema`,
 `optimizer`, `epoch`, `args`), in the legacy (torch 1.2) or the zip format. `args` is a pickled

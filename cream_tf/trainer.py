@@ -1,4 +1,7 @@
-"""The Cream search: supernet training with a prioritized board (CREAM_SPEC sections 6-7).
+"""The Cream search: supernet training with a prioritized board.
+
+The method and its defaults: docs/method.md, "Supernet training" and "The prioritized board and
+the matching network".
 
 One step: sample a path on the host (`Sampler`, a function of (seed, step), so every replica and
 worker trains the same path and a resumed run samples what an uninterrupted one would); forward it
@@ -193,7 +196,7 @@ class PathSGD(keras.optimizers.SGD):
         On one device the conds update the variables in place. Under a strategy, the update
         goes through one function traced once (`_path_update`) that each replica runs on its
         own copies, and only the assignments are per device: tracing per-variable updates on
-        every device grew the step's trace linearly with the replicas (17 of 41 s on two).
+        every device grew the step's trace linearly with the replicas.
         """
         if not self.freeze_inactive or not tf.inside_function():
             return super()._backend_update_step(grads, trainable_variables, learning_rate)
@@ -290,7 +293,9 @@ class PathSGD(keras.optimizers.SGD):
 
 @dataclasses.dataclass
 class SearchConfig:
-    """Settings of a search; defaults are the release's ImageNet search (CREAM_SPEC 6-7).
+    """Settings of a search; defaults are the release's ImageNet search.
+
+    Each setting's meaning and the release's value: docs/method.md, "Supernet training".
 
     Steps: `epochs * steps_per_epoch` (ImageNet: 1,281,167 / 1024 -> 1251 per epoch). Scale it down
     by setting `epochs`, `steps_per_epoch`, `warmup_epochs` and `batch_size`.
@@ -304,7 +309,7 @@ class SearchConfig:
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 1e-4         # coupled L2 on conv/dense kernels
-    freeze_inactive: bool = True       # ops off the path keep weights and momentum (section 9)
+    freeze_inactive: bool = True       # ops off the path keep weights and momentum (docs/method.md)
     label_smoothing: float = 0.1
     dropout: float = 0.0
     prior: object = "release"          # 'uniform', 'release' or one weight per op
@@ -354,9 +359,9 @@ class SearchConfig:
     @property
     def meta_traced(self) -> bool:
         """Whether the meta update runs as a traced tf.function. Its forwards call the step's
-        shared supernet forward, so the trace is its own ops and their wiring (19 s once for
-        small.flags' space on 2 CPU cores); after that an update is ~10x cheaper than an eager
-        one (benchmarks/README.md). Worth it for long searches, not for a few updates."""
+        shared supernet forward, so the trace holds only the update's own ops and their wiring:
+        a one-off cost, after which each update is far cheaper than an eager one (measured in
+        benchmarks/README.md). Worth it for long searches, not for a few updates."""
         if self.trace_meta is not None:
             return bool(self.trace_meta)
         distill_steps = self.total_steps - self.warmup_steps

@@ -40,8 +40,9 @@ def main():
                 h.update(np.ascontiguousarray(copy.numpy()).tobytes())
         return h.hexdigest()
 
-    # BN moving statistics are per replica under Mirrored strategies (KERAS3_NOTES 0.4): kept
-    # apart, reported but not required to match
+    # BN moving statistics are per replica under Mirrored strategies (Keras 3 makes them mirrored
+    # variables with aggregation NONE, so each replica writes its own copy): kept apart, reported
+    # but not required to match
     trained = result.supernet.trainable_variables + result.matching.weights
     with open(debug, "w") as f:
         json.dump({"weights": digest(trained),

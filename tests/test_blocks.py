@@ -13,7 +13,7 @@ def _se_params(mid):
 
 
 def expected_params(op, cin, cout):
-    """Parameter count of a block derived by hand from CREAM_SPEC section 2."""
+    """Parameter count of a block derived by hand from docs/method.md, "Blocks"."""
     if op.kind == "ir":
         mid = cin * op.expansion
         return (cin * mid + 2 * mid + op.kernel ** 2 * mid + 2 * mid + _se_params(mid)

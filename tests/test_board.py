@@ -1,4 +1,4 @@
-"""The prioritized board: entry rules of CREAM_SPEC section 7 on hand-built cases, and its state."""
+"""The prioritized board: its entry rules (docs/method.md) on hand-built cases, and its state."""
 import json
 
 import numpy as np

@@ -1,4 +1,5 @@
-"""MACs and parameters: the spec's golden numbers, and path sums equal to profiling the child."""
+"""MACs and parameters: docs/method.md's worked example, and path sums equal to profiling the
+child."""
 import itertools
 
 import numpy as np

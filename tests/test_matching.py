@@ -1,4 +1,4 @@
-"""Matching network, teacher selection, the Cream loss and the meta-gradient (CREAM_SPEC 7, 9)."""
+"""Matching network, teacher selection, the Cream loss and the meta-gradient (docs/method.md)."""
 import math
 
 import keras

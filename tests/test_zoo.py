@@ -6,7 +6,7 @@ import cream_tf
 from cream_tf import flops, zoo
 
 # MACs and parameters at each network's own resolution and 1000 classes, counted by the rules of
-# CREAM_SPEC section 4 (published: 14M, 43M, 114M, 287M, 481M, 604M).
+# docs/method.md, "MACs and parameters" (published: 14M, 43M, 114M, 287M, 481M, 604M).
 GOLDEN = {
     "cream_14": (64, 13_848_832, 2_673_096),
     "cream_43": (96, 42_414_080, 4_398_600),
