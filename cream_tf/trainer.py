@@ -24,7 +24,6 @@ import tempfile
 import keras
 import numpy as np
 import tensorflow as tf
-from tensorflow.core.framework import summary_pb2
 
 from cream_tf import matching as matching_lib
 from cream_tf import safety
@@ -403,8 +402,8 @@ class SearchResult:
 
 # TensorBoard's scalar plugin tag, so tf.summary.write works without the tensorboard package
 # (tf.summary.scalar needs it installed) and TensorBoard still plots the values as scalars.
-_SCALAR_METADATA = summary_pb2.SummaryMetadata(
-    plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
+_SCALAR_METADATA = tf.compat.v1.SummaryMetadata(
+    plugin_data=tf.compat.v1.SummaryMetadata.PluginData(plugin_name="scalars"))
 
 
 def _scalar(tag: str, value, step: int):
