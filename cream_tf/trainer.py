@@ -34,7 +34,8 @@ from cream_tf.sampler import Sampler
 from cream_tf.space import Space
 from cream_tf.supernet import SuperNet, read_values, switch
 
-__all__ = ["MIXED_PRECISION", "SearchConfig", "SearchResult", "LinearDecay", "PathSGD", "search", "write_atomic"]
+__all__ = ["MIXED_PRECISION", "SearchConfig", "SearchResult", "LinearDecay", "PathSGD", "search",
+           "write_atomic", "SearchState", "StepFunctions"]
 
 _log = logging.getLogger(__name__)
 
@@ -573,7 +574,7 @@ def search(space: Space, train_ds: tf.data.Dataset, val_ds: tf.data.Dataset, wor
     latest = _latest_checkpoint(workdir)
 
     sampler = Sampler(space, config.prior, config.skip_prob, config.macs_range, config.seed)
-    state = _SearchState(space, config, strategy)
+    state = SearchState(space, config, strategy)
     supernet, optimizer, board = state.supernet, state.optimizer, state.board
     matching, meta_optimizer, step_var = state.matching, state.meta_optimizer, state.step
     schedule = state.schedule
@@ -599,7 +600,7 @@ def search(space: Space, train_ds: tf.data.Dataset, val_ds: tf.data.Dataset, wor
         write_atomic(sig_path, json.dumps({"signature": signature, "config": config.to_dict()},
                                           indent=2, default=str))
 
-    steps = _StepFunctions(state)
+    steps = StepFunctions(state)
     writer = tf.summary.create_file_writer(os.path.join(workdir, "logs")) if chief else None
     board_json = os.path.join(workdir, "board.json")
     if chief:
@@ -704,8 +705,11 @@ def _assign(forward, state):
     return tf.constant(True)
 
 
-class _SearchState:
-    """Everything a search trains and checkpoints, created under the strategy's scope."""
+class SearchState:
+    """Everything a search trains and checkpoints, created under the strategy's scope.
+
+    Public for the step benchmarks (benchmarks/harness.py), which time `search`'s own steps.
+    """
 
     def __init__(self, space: Space, config: SearchConfig, strategy):
         self.space, self.config, self.strategy = space, config, strategy
@@ -741,10 +745,14 @@ class _SearchState:
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
 
 
-class _StepFunctions:
-    """The traced replica steps. One trace each serves every path (the path is an int32 tensor)."""
+class StepFunctions:
+    """The traced replica steps. One trace each serves every path (the path is an int32 tensor).
 
-    def __init__(self, state: _SearchState):
+    `step` (warm-up and distillation) and `meta_step` are the functions `warmup`, `distill` and
+    `meta` run; public, like `SearchState`, for the step benchmarks.
+    """
+
+    def __init__(self, state: SearchState):
         self.space, self.config, self.strategy = state.space, state.config, state.strategy
         self.supernet, self.optimizer, self.board = state.supernet, state.optimizer, state.board
         self.path_optimizer = state.path_optimizer
@@ -761,8 +769,8 @@ class _StepFunctions:
         self.step = tf.function(self._train, jit_compile=jit)
         # The meta update: eager for short searches (eager tf.switch_case runs only the taken
         # branch, no trace), traced for long ones (SearchConfig.meta_traced).
-        self._meta_step = (tf.function(self._meta_replicas, jit_compile=jit)
-                           if config.meta_traced else self._meta_replicas)
+        self.meta_step = (tf.function(self._meta_replicas, jit_compile=jit)
+                          if config.meta_traced else self._meta_replicas)
 
     @staticmethod
     def _local(tensor, size):
@@ -860,7 +868,7 @@ class _StepFunctions:
 
     def meta(self, images, labels, val_images, val_labels, path) -> bool:
         """One meta-gradient update of the matching network; True if it was applied."""
-        return bool(self._meta_step(images, labels, val_images, val_labels, path).numpy())
+        return bool(self.meta_step(images, labels, val_images, val_labels, path).numpy())
 
     def _meta_replicas(self, images, labels, val_images, val_labels, path):
         """The replica work of `meta`; returns 1 (int32) if the update was applied."""
@@ -885,3 +893,8 @@ class _StepFunctions:
 
         finite = self.strategy.run(replica_fn, args=(images, labels, val_images, val_labels))
         return self.strategy.experimental_local_results(finite)[0]
+
+
+# The names before issue 16 made them public; tests still use them.
+_SearchState = SearchState
+_StepFunctions = StepFunctions
