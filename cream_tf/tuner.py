@@ -367,17 +367,17 @@ class MacsBayesianOptimizationOracle(_MacsRangeMixin, kt.oracles.BayesianOptimiz
         self.num_candidates = num_candidates
         super().__init__(**_oracle_kwargs(space, kwargs))
 
-    def _random_populate_space(self):
-        # Called by the parent for its initial points; trial ids are sequential, so use the count.
-        return self._response(self._in_range_random(len(self.trials)))
-
     def _in_random_phase(self) -> bool:
+        """The parent's rule for its initial random points (keras-tuner 1.4.8)."""
         completed = [t for t in self.trials.values() if t.status == "COMPLETED"]
         dims = len(self.hyperparameters.space)
         return len(completed) < (self.num_initial_points or max(3 * dims, 3))
 
     def populate_space(self, trial_id):
-        if self.acquisition == "candidates" and not self._in_random_phase():
+        if self._in_random_phase():
+            # The initial points, drawn in range; trial ids are sequential, so seed by the count.
+            return self._response(self._in_range_random(len(self.trials)))
+        if self.acquisition == "candidates":
             return self._response(self._best_candidate(trial_id))
         response = super().populate_space(trial_id)
         if response["status"] != kt.engine.trial.TrialStatus.RUNNING:
