@@ -413,8 +413,10 @@ class _HistoryLog(keras.callbacks.Callback):
         if os.path.exists(self.path):
             with open(self.path) as f:
                 self.epochs = json.load(f)
-        start = getattr(self.model, "_initial_epoch", None) or 0
-        self.epochs = [e for e in self.epochs if e["epoch"] <= start]
+
+    def on_epoch_begin(self, epoch, logs=None):
+        # The first epoch of a fit is the one a backup resumed at: later entries are replaced.
+        self.epochs = [e for e in self.epochs if e["epoch"] <= epoch]
 
     def on_epoch_end(self, epoch, logs=None):
         entry = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}}
