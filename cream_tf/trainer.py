@@ -25,6 +25,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from cream_tf import internals
 from cream_tf import matching as matching_lib
 from cream_tf import safety
 from cream_tf.cli import atomic_write as write_atomic  # noqa: F401  (public name)
@@ -94,7 +95,7 @@ def _on_path(layer: int, op: int, path, finite):
     return finite if layer < 0 else tf.logical_and(finite, tf.equal(path[layer], op))
 
 
-class PathSGD(keras.optimizers.SGD):
+class PathSGD(internals.UpdateAllVariablesHook, keras.optimizers.SGD):
     """SGD (Nesterov) that updates only the variables of the current path.
 
     Each variable's update is selected by its 'active' flag: fixed parts (stem, DS, 1x1 conv,
@@ -141,7 +142,7 @@ class PathSGD(keras.optimizers.SGD):
         self.path.assign(tf.cast(path, tf.int32))
 
     def update_step(self, gradient, variable, learning_rate):
-        layer, op = self._owners[self._get_variable_index(variable)]
+        layer, op = self._owners[internals.optimizer_variable_index(self, variable)]
         # A step with a non-finite loss or gradient anywhere arrives with every gradient NaN
         # (`poison_gradients`), so one element of any gradient is the step's global decision.
         active = _first_is_finite(gradient)
@@ -158,7 +159,7 @@ class PathSGD(keras.optimizers.SGD):
     def _sgd(self, gradient, variable, learning_rate, active=None):
         """Keras SGD's arithmetic plus the coupled L2; with `active`, a select writes a skipped
         variable and its momentum back bit-identical."""
-        index = self._get_variable_index(variable)
+        index = internals.optimizer_variable_index(self, variable)
         m = self.momentums[index] if self.momentum else None
         new_w, new_m = self._sgd_values(gradient, variable, m, learning_rate,
                                         self._decayed[index])
@@ -183,9 +184,10 @@ class PathSGD(keras.optimizers.SGD):
         step = new_m * mu - gradient * lr if self.nesterov else new_m
         return weight + step, new_m
 
-    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+    def update_variables(self, grads, trainable_variables, learning_rate):
         """Only the path's variables are computed on: one tf.cond per branch (layer, op).
 
+        Keras calls this once per step with every variable (`internals.UpdateAllVariablesHook`).
         The per-variable select of `update_step` computes the SGD arithmetic of every variable of
         the supernet each step (about 20 ops per variable, most of the step's time for small
         networks). Here the variables of each (layer, op) branch share one tf.cond (about 60
@@ -196,11 +198,11 @@ class PathSGD(keras.optimizers.SGD):
         every device grew the step's trace linearly with the replicas (17 of 41 s on two).
         """
         if not self.freeze_inactive or not tf.inside_function():
-            return super()._backend_update_step(grads, trainable_variables, learning_rate)
+            return super().update_variables(grads, trainable_variables, learning_rate)
         if tf.distribute.has_strategy():
             context = tf.distribute.get_replica_context()
             if context is None:  # called in cross-replica context: Keras' own path
-                return super()._backend_update_step(grads, trainable_variables, learning_rate)
+                return super().update_variables(grads, trainable_variables, learning_rate)
             return self._replica_update(context, grads, trainable_variables, learning_rate)
         pairs = list(zip(grads, trainable_variables))
         if not pairs:
@@ -221,12 +223,13 @@ class PathSGD(keras.optimizers.SGD):
         """(layer, op) -> positions in `variables` of that branch's variables."""
         groups = {}
         for k, v in enumerate(variables):
-            groups.setdefault(self._owners[self._get_variable_index(v)], []).append(k)
+            owner = self._owners[internals.optimizer_variable_index(self, v)]
+            groups.setdefault(owner, []).append(k)
         return groups
 
     def _replica_update(self, context, grads, variables, learning_rate):
         grads = context.all_reduce(tf.distribute.ReduceOp.SUM, list(grads))
-        index = [self._get_variable_index(v) for v in variables]
+        index = [internals.optimizer_variable_index(self, v) for v in variables]
         slots = [self.momentums[i] for i in index] if self.momentum else []
         weights, momenta = self._path_update(variables)(
             grads, read_values(variables), read_values(slots),
@@ -243,7 +246,7 @@ class PathSGD(keras.optimizers.SGD):
     def _path_update(self, variables):
         """The pure update of `variables` (new weights and momenta from gradients, weights,
         momenta, learning rate and path), traced once outside any replica context."""
-        key = tuple(self._get_variable_index(v) for v in variables)
+        key = tuple(internals.optimizer_variable_index(self, v) for v in variables)
         cache = self.__dict__.setdefault("_path_updates", {})
         if key in cache:
             return cache[key]
