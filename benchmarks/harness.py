@@ -12,8 +12,8 @@ class StepBench:
 
     def __init__(self, space, config, strategy, seed=0):
         self.space, self.config = space, config
-        self.state = trainer._SearchState(space, config, strategy)
-        self.steps = trainer._StepFunctions(self.state)
+        self.state = trainer.SearchState(space, config, strategy)
+        self.steps = trainer.StepFunctions(self.state)
         self.sampler = trainer.Sampler(space, config.prior, config.skip_prob, config.macs_range,
                                        config.seed)
         b, r = config.batch_size, space.resolution
@@ -57,7 +57,7 @@ class StepBench:
         if hasattr(self.steps, "forward"):  # the shared forward (absent before it existed)
             counts["forward"] = self.steps.forward.tracing_count
         if self.config.meta_traced:
-            counts["meta"] = self.steps._meta_step.experimental_get_tracing_count()
+            counts["meta"] = self.steps.meta_step.experimental_get_tracing_count()
         return counts
 
     def concrete_step(self):

@@ -143,7 +143,7 @@ def main(argv):
         except Exception as e:  # noqa: BLE001  no compiler, no headers, ...: run eager instead
             print(f"torch.compile unavailable here ({type(e).__name__}: {str(e)[:200]}); "
                   f"timing eager", flush=True)
-            torch._dynamo.reset()
+            torch.compiler.reset()
             net = tr.release_init(tr.TorchSuperNet(space)).to(memory_format=fmt)
             steps = tr.SearchSteps(net, images, labels, board, n,
                                    release_scoring=FLAGS.release_scoring,

@@ -22,6 +22,8 @@ import numpy as np
 import tensorflow as tf
 import keras
 
+from cream_tf import internals
+
 __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD", "ExportError", "export_keras", "export_saved_model",
     "next_version", "export_tflite", "tflite_predict", "evaluate_tflite", "compare_accuracy",
@@ -108,7 +110,7 @@ def export_keras(model: keras.Model, path: str, overwrite: bool = False) -> str:
     if not path.endswith(".keras"):
         raise ExportError(f"a Keras file name must end in '.keras', got {path!r}")
     custom = sorted({type(layer).__module__ + "." + type(layer).__name__
-                     for layer in model._flatten_layers(include_self=False)
+                     for layer in internals.all_sublayers(model)
                      if not type(layer).__module__.startswith("keras.")})
     if custom:
         raise ExportError(f"the model has layers that are not built into Keras ({', '.join(custom)})"

@@ -34,6 +34,7 @@ from keras import ops
 from cream_tf.cli import atomic_write
 from cream_tf import child
 from cream_tf import data as data_lib
+from cream_tf import internals
 from cream_tf import safety
 from cream_tf.errors import is_count, require
 from cream_tf.space import Space
@@ -168,7 +169,7 @@ class RMSpropTF(keras.optimizers.Optimizer):
         gradient = ops.cast(gradient, variable.dtype)
         if self.l2 and len(variable.shape) > 1:
             gradient = ops.add(gradient, ops.multiply(self.l2, variable))
-        i = self._get_variable_index(variable)
+        i = internals.optimizer_variable_index(self, variable)
         ms, mom = self._mean_squares[i], self._momenta[i]
         self.assign(ms, ops.add(ops.multiply(self.rho, ms),
                                 ops.multiply(1.0 - self.rho, ops.square(gradient))))
@@ -358,37 +359,48 @@ class EmaBatchNormStatistics(keras.callbacks.Callback):
         self._swap_in()
 
 
-class AtomicBackupAndRestore(keras.callbacks.BackupAndRestore):
+class AtomicBackupAndRestore(internals.BackupHook, keras.callbacks.BackupAndRestore):
     """`BackupAndRestore` whose files are written whole or not at all (temp name + os.replace),
     and which saves and raises `safety.Interrupted` when SIGINT/SIGTERM arrived (checked after
     every batch; see `safety.catch_signals`). A run stopped mid-epoch resumes at the start of that
     epoch from the weights it had when stopped (Keras resumes per epoch)."""
 
-    def _save_model(self):
+    def save_backup(self):
+        """Keras' backup (the files Keras restores from, `internals.backup_files`), atomic."""
+        files = internals.backup_files(self)
         os.makedirs(self.backup_dir, exist_ok=True)
-        if self.double_checkpoint and os.path.exists(self._weights_path):
-            _copy_atomic(self._weights_path, self._prev_weights_path)
-        if self.double_checkpoint and os.path.exists(self._training_metadata_path):
-            _copy_atomic(self._training_metadata_path, self._prev_training_metadata_path)
+        if self.double_checkpoint and os.path.exists(files.weights):
+            _copy_atomic(files.weights, files.prev_weights)
+        if self.double_checkpoint and os.path.exists(files.metadata):
+            _copy_atomic(files.metadata, files.prev_metadata)
         tmp = os.path.join(self.backup_dir, f".tmp{os.getpid()}.weights.h5")
         try:
             self.model.save_weights(tmp, overwrite=True)
-            os.replace(tmp, self._weights_path)
+            os.replace(tmp, files.weights)
         finally:
             if os.path.exists(tmp):
                 os.remove(tmp)
-        atomic_write(self._training_metadata_path, json.dumps(
-            {"epoch": self._current_epoch, "batch": self._last_batch_seen}))
+        epoch, batch = internals.backup_position(self)
+        atomic_write(files.metadata, json.dumps({"epoch": epoch, "batch": batch}))
+
+    def resumed_epoch(self) -> int:
+        """The epoch a fit with this callback starts at: the backup's, or 0 without one."""
+        path = internals.backup_files(self).metadata
+        if os.path.exists(path):
+            with open(path) as f:
+                return int(json.load(f).get("epoch", 0))
+        return 0
 
     def on_train_batch_end(self, batch, logs=None):
         super().on_train_batch_end(batch, logs)
         signum = safety.requested()
         if signum is not None:
-            self._save_model()
+            self.save_backup()
+            epoch, _ = internals.backup_position(self)
             raise safety.Interrupted(
                 signum, f"retraining interrupted by {safety.signal_name(signum)} in epoch "
-                        f"{self._current_epoch + 1}; backup {self.backup_dir} written. Run the "
-                        f"same command again to resume (from the start of that epoch)")
+                        f"{epoch + 1}; backup {self.backup_dir} written. Run the same command "
+                        f"again to resume (from the start of that epoch)")
 
 
 def _copy_atomic(src: str, dst: str):
@@ -415,8 +427,10 @@ class _HistoryLog(keras.callbacks.Callback):
         if os.path.exists(self.path):
             with open(self.path) as f:
                 self.epochs = json.load(f)
-        start = getattr(self.model, "_initial_epoch", None) or 0
-        self.epochs = [e for e in self.epochs if e["epoch"] <= start]
+
+    def on_epoch_begin(self, epoch, logs=None):
+        # The first epoch of a fit is the one a backup resumed at: later entries are replaced.
+        self.epochs = [e for e in self.epochs if e["epoch"] <= epoch]
 
     def on_epoch_end(self, epoch, logs=None):
         entry = {"epoch": epoch + 1, **{k: float(v) for k, v in (logs or {}).items()}}
@@ -431,14 +445,6 @@ class _HistoryLog(keras.callbacks.Callback):
 # ------------------------------------------------------------------------------------------
 # Retraining
 # ------------------------------------------------------------------------------------------
-
-def _resumed_epoch(backup_dir: str) -> int:
-    path = os.path.join(backup_dir, "training_metadata.json")
-    if os.path.exists(path):
-        with open(path) as f:
-            return int(json.load(f).get("epoch", 0))
-    return 0
-
 
 def retrain(architecture, space: Space, splits: data_lib.Splits, info: data_lib.DatasetInfo,
             workdir: str, config: RetrainConfig = RetrainConfig(),
@@ -502,8 +508,8 @@ def retrain(architecture, space: Space, splits: data_lib.Splits, info: data_lib.
               f"{config.epochs * steps}; the EMA model will lag far behind (use a smaller "
               f"ema_decay for short runs)")
 
-    backup_dir = os.path.join(workdir, "backup")
-    start_epoch = _resumed_epoch(backup_dir)
+    backup = AtomicBackupAndRestore(os.path.join(workdir, "backup"), double_checkpoint=True)
+    start_epoch = backup.resumed_epoch()
     augment = config.augment or data_lib.Augment.retrain(info)
     # A resumed run sees a fresh data order rather than replaying the first epochs' batches.
     train_ds = data_lib.train_pipeline(
@@ -530,8 +536,7 @@ def retrain(architecture, space: Space, splits: data_lib.Splits, info: data_lib.
     checkpoint = BestModelCheckpoint(best_path, monitor="val_accuracy")
     # Order matters: the backup is written before the EMA swap (raw weights + EMA in the
     # optimizer), the checkpoint after it (EMA weights in the model).
-    cbs = [SyncReplicaStatistics(strategy),
-           AtomicBackupAndRestore(backup_dir, double_checkpoint=True)]
+    cbs = [SyncReplicaStatistics(strategy), backup]
     if config.ema_decay:
         cbs.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
         if config.ema_batch_norm:

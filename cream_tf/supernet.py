@@ -21,12 +21,8 @@ import tensorflow as tf
 from cream_tf import arch as arch_lib
 from cream_tf import blocks
 from cream_tf import child as child_lib
+from cream_tf import internals
 from cream_tf.space import Space
-
-try:  # TF-internal; without it, tf.switch_case (correct, slower, see switch)
-    from tensorflow.python.ops import cond_v2 as _cond_v2
-except ImportError:  # pragma: no cover
-    _cond_v2 = None
 
 __all__ = ["ChoiceLayer", "SuperNet", "PathForward", "inherit_weights", "path_tensor",
            "VariableOwner", "choice_prefix", "nested_path", "read_values"]
@@ -41,11 +37,12 @@ def switch(index, branch_fns):
     that executor work dominated the step at small resolutions. Keeping the `Case` op
     (`lower_using_switch_merge=False`) runs the taken branch as a function call; the gradient
     `Case` keeps the setting. Measured in benchmarks/README.md. Eagerly, and under XLA (which
-    compiles a Case to one conditional either way), it is `tf.switch_case`.
+    compiles a Case to one conditional either way), it is `tf.switch_case`. No public API keeps
+    the op: see `internals.unlowered_switch_case`.
     """
-    if _cond_v2 is None or tf.executing_eagerly():
+    if tf.executing_eagerly():
         return tf.switch_case(index, branch_fns)
-    return _cond_v2.indexed_case(index, branch_fns, lower_using_switch_merge=False)
+    return internals.unlowered_switch_case(index, branch_fns)
 
 
 def choice_prefix(stage: int, index: int) -> str:
@@ -188,7 +185,7 @@ def _track_for_checkpoints(owner, named_layers):
     before the checkpoint.
     """
     for name, layer in named_layers:
-        owner._track_trackable(layer, name=name)
+        internals.track_checkpoint_dependency(owner, layer, name)
 
 
 def _fixed_models(space: Space, dropout: float):

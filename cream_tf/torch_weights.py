@@ -22,16 +22,17 @@ import types
 
 import numpy as np
 
+from cream_tf import internals
+
 __all__ = ["CheckpointMismatchError", "read_state_dict", "torch_name", "expected_state_dict",
            "load_torch_checkpoint", "SkippedObject"]
 
-# Globals the unpickler may resolve. Storage types ('FloatStorage', ...) are resolved by torch's
-# own wrapper before ours is asked, as is the remapping of old torch module paths.
+# Globals the unpickler may resolve, besides torch's tensor-rebuilding functions
+# (`internals.torch_tensor_rebuilders`). Storage types ('FloatStorage', ...) are resolved by
+# torch's own wrapper before ours is asked, as is the remapping of old torch module paths.
 _ALLOWED_GLOBALS = {
     ("collections", "OrderedDict"): collections.OrderedDict,
 }
-_TORCH_ALLOWED = (("torch._utils", "_rebuild_tensor_v2"), ("torch._utils", "_rebuild_parameter"),
-                  ("torch._utils", "_rebuild_tensor"))
 
 
 class CheckpointMismatchError(ValueError):
@@ -77,10 +78,7 @@ def _restricted_pickle_module():
     import torch
 
     allowed = dict(_ALLOWED_GLOBALS)
-    for module, name in _TORCH_ALLOWED:
-        fn = getattr(torch._utils, name, None)
-        if fn is not None:
-            allowed[(module, name)] = fn
+    allowed.update(internals.torch_tensor_rebuilders(torch))
 
     class RestrictedUnpickler(pickle.Unpickler):
         def find_class(self, module, name):

@@ -27,8 +27,8 @@ import tempfile
 import keras
 import numpy as np
 import tensorflow as tf
-from tensorflow.core.framework import summary_pb2
 
+from cream_tf import internals
 from cream_tf import matching as matching_lib
 from cream_tf import safety
 from cream_tf.cli import atomic_write as write_atomic  # noqa: F401  (public name)
@@ -38,7 +38,8 @@ from cream_tf.sampler import Sampler
 from cream_tf.space import Space
 from cream_tf.supernet import SuperNet, read_values, switch
 
-__all__ = ["MIXED_PRECISION", "SearchConfig", "SearchResult", "LinearDecay", "PathSGD", "search", "write_atomic"]
+__all__ = ["MIXED_PRECISION", "SearchConfig", "SearchResult", "LinearDecay", "PathSGD", "search",
+           "write_atomic", "SearchState", "StepFunctions"]
 
 _log = logging.getLogger(__name__)
 
@@ -97,7 +98,7 @@ def _on_path(layer: int, op: int, path, finite):
     return finite if layer < 0 else tf.logical_and(finite, tf.equal(path[layer], op))
 
 
-class PathSGD(keras.optimizers.SGD):
+class PathSGD(internals.UpdateAllVariablesHook, keras.optimizers.SGD):
     """SGD (Nesterov) that updates only the variables of the current path.
 
     Each variable's update is selected by its 'active' flag: fixed parts (stem, DS, 1x1 conv,
@@ -144,7 +145,7 @@ class PathSGD(keras.optimizers.SGD):
         self.path.assign(tf.cast(path, tf.int32))
 
     def update_step(self, gradient, variable, learning_rate):
-        layer, op = self._owners[self._get_variable_index(variable)]
+        layer, op = self._owners[internals.optimizer_variable_index(self, variable)]
         # A step with a non-finite loss or gradient anywhere arrives with every gradient NaN
         # (`poison_gradients`), so one element of any gradient is the step's global decision.
         active = _first_is_finite(gradient)
@@ -161,7 +162,7 @@ class PathSGD(keras.optimizers.SGD):
     def _sgd(self, gradient, variable, learning_rate, active=None):
         """Keras SGD's arithmetic plus the coupled L2; with `active`, a select writes a skipped
         variable and its momentum back bit-identical."""
-        index = self._get_variable_index(variable)
+        index = internals.optimizer_variable_index(self, variable)
         m = self.momentums[index] if self.momentum else None
         new_w, new_m = self._sgd_values(gradient, variable, m, learning_rate,
                                         self._decayed[index])
@@ -186,9 +187,10 @@ class PathSGD(keras.optimizers.SGD):
         step = new_m * mu - gradient * lr if self.nesterov else new_m
         return weight + step, new_m
 
-    def _backend_update_step(self, grads, trainable_variables, learning_rate):
+    def update_variables(self, grads, trainable_variables, learning_rate):
         """Only the path's variables are computed on: one tf.cond per branch (layer, op).
 
+        Keras calls this once per step with every variable (`internals.UpdateAllVariablesHook`).
         The per-variable select of `update_step` computes the SGD arithmetic of every variable of
         the supernet each step (about 20 ops per variable, most of the step's time for small
         networks). Here the variables of each (layer, op) branch share one tf.cond (about 60
@@ -199,11 +201,11 @@ class PathSGD(keras.optimizers.SGD):
         every device grew the step's trace linearly with the replicas.
         """
         if not self.freeze_inactive or not tf.inside_function():
-            return super()._backend_update_step(grads, trainable_variables, learning_rate)
+            return super().update_variables(grads, trainable_variables, learning_rate)
         if tf.distribute.has_strategy():
             context = tf.distribute.get_replica_context()
             if context is None:  # called in cross-replica context: Keras' own path
-                return super()._backend_update_step(grads, trainable_variables, learning_rate)
+                return super().update_variables(grads, trainable_variables, learning_rate)
             return self._replica_update(context, grads, trainable_variables, learning_rate)
         pairs = list(zip(grads, trainable_variables))
         if not pairs:
@@ -224,12 +226,13 @@ class PathSGD(keras.optimizers.SGD):
         """(layer, op) -> positions in `variables` of that branch's variables."""
         groups = {}
         for k, v in enumerate(variables):
-            groups.setdefault(self._owners[self._get_variable_index(v)], []).append(k)
+            owner = self._owners[internals.optimizer_variable_index(self, v)]
+            groups.setdefault(owner, []).append(k)
         return groups
 
     def _replica_update(self, context, grads, variables, learning_rate):
         grads = context.all_reduce(tf.distribute.ReduceOp.SUM, list(grads))
-        index = [self._get_variable_index(v) for v in variables]
+        index = [internals.optimizer_variable_index(self, v) for v in variables]
         slots = [self.momentums[i] for i in index] if self.momentum else []
         weights, momenta = self._path_update(variables)(
             grads, read_values(variables), read_values(slots),
@@ -246,7 +249,7 @@ class PathSGD(keras.optimizers.SGD):
     def _path_update(self, variables):
         """The pure update of `variables` (new weights and momenta from gradients, weights,
         momenta, learning rate and path), traced once outside any replica context."""
-        key = tuple(self._get_variable_index(v) for v in variables)
+        key = tuple(internals.optimizer_variable_index(self, v) for v in variables)
         cache = self.__dict__.setdefault("_path_updates", {})
         if key in cache:
             return cache[key]
@@ -403,8 +406,8 @@ class SearchResult:
 
 # TensorBoard's scalar plugin tag, so tf.summary.write works without the tensorboard package
 # (tf.summary.scalar needs it installed) and TensorBoard still plots the values as scalars.
-_SCALAR_METADATA = summary_pb2.SummaryMetadata(
-    plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"))
+_SCALAR_METADATA = tf.compat.v1.SummaryMetadata(
+    plugin_data=tf.compat.v1.SummaryMetadata.PluginData(plugin_name="scalars"))
 
 
 def _scalar(tag: str, value, step: int):
@@ -574,7 +577,7 @@ def search(space: Space, train_ds: tf.data.Dataset, val_ds: tf.data.Dataset, wor
     latest = _latest_checkpoint(workdir)
 
     sampler = Sampler(space, config.prior, config.skip_prob, config.macs_range, config.seed)
-    state = _SearchState(space, config, strategy)
+    state = SearchState(space, config, strategy)
     supernet, optimizer, board = state.supernet, state.optimizer, state.board
     matching, meta_optimizer, step_var = state.matching, state.meta_optimizer, state.step
     schedule = state.schedule
@@ -600,7 +603,7 @@ def search(space: Space, train_ds: tf.data.Dataset, val_ds: tf.data.Dataset, wor
         write_atomic(sig_path, json.dumps({"signature": signature, "config": config.to_dict()},
                                           indent=2, default=str))
 
-    steps = _StepFunctions(state)
+    steps = StepFunctions(state)
     writer = tf.summary.create_file_writer(os.path.join(workdir, "logs")) if chief else None
     board_json = os.path.join(workdir, "board.json")
     if chief:
@@ -705,8 +708,11 @@ def _assign(forward, state):
     return tf.constant(True)
 
 
-class _SearchState:
-    """Everything a search trains and checkpoints, created under the strategy's scope."""
+class SearchState:
+    """Everything a search trains and checkpoints, created under the strategy's scope.
+
+    Public for the step benchmarks (benchmarks/harness.py), which time `search`'s own steps.
+    """
 
     def __init__(self, space: Space, config: SearchConfig, strategy):
         self.space, self.config, self.strategy = space, config, strategy
@@ -742,10 +748,14 @@ class _SearchState:
             self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
 
 
-class _StepFunctions:
-    """The traced replica steps. One trace each serves every path (the path is an int32 tensor)."""
+class StepFunctions:
+    """The traced replica steps. One trace each serves every path (the path is an int32 tensor).
 
-    def __init__(self, state: _SearchState):
+    `step` (warm-up and distillation) and `meta_step` are the functions `warmup`, `distill` and
+    `meta` run; public, like `SearchState`, for the step benchmarks.
+    """
+
+    def __init__(self, state: SearchState):
         self.space, self.config, self.strategy = state.space, state.config, state.strategy
         self.supernet, self.optimizer, self.board = state.supernet, state.optimizer, state.board
         self.path_optimizer = state.path_optimizer
@@ -762,8 +772,8 @@ class _StepFunctions:
         self.step = tf.function(self._train, jit_compile=jit)
         # The meta update: eager for short searches (eager tf.switch_case runs only the taken
         # branch, no trace), traced for long ones (SearchConfig.meta_traced).
-        self._meta_step = (tf.function(self._meta_replicas, jit_compile=jit)
-                           if config.meta_traced else self._meta_replicas)
+        self.meta_step = (tf.function(self._meta_replicas, jit_compile=jit)
+                          if config.meta_traced else self._meta_replicas)
 
     @staticmethod
     def _local(tensor, size):
@@ -861,7 +871,7 @@ class _StepFunctions:
 
     def meta(self, images, labels, val_images, val_labels, path) -> bool:
         """One meta-gradient update of the matching network; True if it was applied."""
-        return bool(self._meta_step(images, labels, val_images, val_labels, path).numpy())
+        return bool(self.meta_step(images, labels, val_images, val_labels, path).numpy())
 
     def _meta_replicas(self, images, labels, val_images, val_labels, path):
         """The replica work of `meta`; returns 1 (int32) if the update was applied."""
@@ -886,3 +896,8 @@ class _StepFunctions:
 
         finite = self.strategy.run(replica_fn, args=(images, labels, val_images, val_labels))
         return self.strategy.experimental_local_results(finite)[0]
+
+
+# The names before issue 16 made them public; tests still use them.
+_SearchState = SearchState
+_StepFunctions = StepFunctions

@@ -33,6 +33,7 @@ from cream_tf.cli import write_json
 from cream_tf import arch as arch_lib
 from cream_tf import child
 from cream_tf import flops
+from cream_tf import internals
 from cream_tf.errors import InputError
 from cream_tf.space import Space
 
@@ -243,7 +244,7 @@ class _MacsRangeMixin:
         return np.random.default_rng([int(self.seed), tid, stream])
 
     def _is_duplicate(self, flat) -> bool:
-        return self._duplicate(_values_from_flat(flat, self.space))
+        return internals.oracle_has_tried(self, _values_from_flat(flat, self.space))
 
     def _in_range_random(self, trial_id):
         flat = _draw(self._sampler, self._rng(trial_id, 0), self.max_tries, self._is_duplicate)
@@ -254,7 +255,8 @@ class _MacsRangeMixin:
     def _repaired(self, values, trial_id):
         """`values` if in range and new; else the nearest repair found; None if none is new."""
         proposal = np.array(_values_to_flat(values, self.space))
-        if self._sampler.in_range(self._sampler.macs(proposal)) and not self._duplicate(values):
+        if (self._sampler.in_range(self._sampler.macs(proposal))
+                and not internals.oracle_has_tried(self, values)):
             return values
         rng = self._rng(trial_id, 1)
         for attempt in range(self.max_tries):
@@ -343,17 +345,17 @@ class MacsBayesianOptimizationOracle(_MacsRangeMixin, kt.oracles.BayesianOptimiz
         self.num_candidates = num_candidates
         super().__init__(**_oracle_kwargs(space, kwargs))
 
-    def _random_populate_space(self):
-        # Called by the parent for its initial points; trial ids are sequential, so use the count.
-        return self._response(self._in_range_random(len(self.trials)))
-
     def _in_random_phase(self) -> bool:
+        """The parent's rule for its initial random points (keras-tuner 1.4.8)."""
         completed = [t for t in self.trials.values() if t.status == "COMPLETED"]
         dims = len(self.hyperparameters.space)
         return len(completed) < (self.num_initial_points or max(3 * dims, 3))
 
     def populate_space(self, trial_id):
-        if self.acquisition == "candidates" and not self._in_random_phase():
+        if self._in_random_phase():
+            # The initial points, drawn in range; trial ids are sequential, so seed by the count.
+            return self._response(self._in_range_random(len(self.trials)))
+        if self.acquisition == "candidates":
             return self._response(self._best_candidate(trial_id))
         response = super().populate_space(trial_id)
         if response["status"] != kt.engine.trial.TrialStatus.RUNNING:
@@ -401,9 +403,8 @@ class MacsBayesianOptimizationOracle(_MacsRangeMixin, kt.oracles.BayesianOptimiz
         candidates = self._candidates(rng)
         if not candidates:
             return None
-        x, y = self._vectorize_trials()
+        x, y, hps = internals.gp_training_data(self)
         self.gpr.fit(np.nan_to_num(x, posinf=0, neginf=0), np.nan_to_num(y, posinf=0, neginf=0))
-        hps = self._nonfixed_space()
         vectors = np.array([[hp.value_to_prob(self.space.ops[o].name) for hp, o in zip(hps, c)]
                             for c in candidates])
         mu, sigma = self.gpr.predict(vectors, return_std=True)
@@ -579,11 +580,12 @@ def _space_json(space: Space) -> dict:
             "num_classes": space.num_classes}
 
 
-class CreamTuner(kt.Tuner):
+class CreamTuner(internals.TunerHooks, kt.Tuner):
     """keras-tuner's `Tuner` for a Cream space: writes the ranked results after every trial.
 
     The space comes complete from the oracle, so unlike the stock tuner it does not build a
-    throw-away model at start-up to discover hyperparameters.
+    throw-away model at start-up to discover hyperparameters, and it imports tensorboard only for
+    a TensorBoard callback (`internals.TunerHooks`).
     """
 
     def __init__(self, oracle, hypermodel: CreamHyperModel, results_path=None, extra_info=None,
@@ -591,15 +593,6 @@ class CreamTuner(kt.Tuner):
         self.results_path = results_path
         self.extra_info = dict(extra_info or {})
         super().__init__(oracle, hypermodel, **kwargs)
-
-    def _populate_initial_space(self):
-        self.oracle.update_space(self.oracle.get_space())
-
-    def _configure_tensorboard_dir(self, callbacks, trial, execution=0):
-        # keras-tuner 1.4.8 imports tensorboard here on the TensorFlow backend even when no
-        # TensorBoard callback is used, and TF 2.21 does not install it: import only when needed.
-        if any(type(c).__name__ == "TensorBoard" for c in callbacks):
-            super()._configure_tensorboard_dir(callbacks, trial, execution)
 
     def on_trial_end(self, trial):
         super().on_trial_end(trial)

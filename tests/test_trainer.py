@@ -84,8 +84,8 @@ def test_off_path_ops_stay_bit_identical_and_one_trace_serves_all_paths():
     config = trainer.SearchConfig(epochs=1, steps_per_epoch=40, warmup_epochs=1, batch_size=8,
                                   learning_rate=0.5, seed=3)
     strategy = _mirrored()
-    state = trainer._SearchState(TINY, config, strategy)
-    steps = trainer._StepFunctions(state)
+    state = trainer.SearchState(TINY, config, strategy)
+    steps = trainer.StepFunctions(state)
     net, opt = state.supernet, state.optimizer
     frozen_layer, frozen_op = 2, 4           # stage 2, second layer, MB4 7x7: never sampled
     used_layer, used_op = 0, 1
@@ -152,9 +152,9 @@ def test_two_replicas_step_like_one_device():
     path = tf.constant([0, 3, 6, 2, 5, 1], tf.int32)
     results = []
     for strategy in (tf.distribute.get_strategy(), _mirrored()):
-        state = trainer._SearchState(TINY, config, strategy)
+        state = trainer.SearchState(TINY, config, strategy)
         before = [v.numpy() for v in state.supernet.trainable_variables]
-        out = trainer._StepFunctions(state).warmup(x, y, path)
+        out = trainer.StepFunctions(state).warmup(x, y, path)
         results.append((float(out["loss"].numpy()), before,
                         [v.numpy() - b for v, b in zip(state.supernet.trainable_variables,
                                                         before)]))
@@ -196,18 +196,18 @@ def test_traced_meta_update_equals_eager():
                                       learning_rate=0.01, board_size=3, board_images=2,
                                       meta_slice=4, meta_lr=1.0, seed=3, trace_meta=traced)
         assert config.meta_traced is traced
-        state = trainer._SearchState(TINY, config, tf.distribute.get_strategy())
+        state = trainer.SearchState(TINY, config, tf.distribute.get_strategy())
         sampler = trainer.Sampler(TINY, config.prior, None, None, 3)
         for j in range(3):
             path = sampler.sample(100 + j)
             state.board.update(path, 90.0 - j, sampler.path_macs(path), board_images[j],
                                board_probs[j])
-        steps = trainer._StepFunctions(state)
+        steps = trainer.StepFunctions(state)
         before = [v.numpy().copy() for v in state.matching.trainable_variables]
         for _ in range(2):  # the second call must reuse the trace
             assert steps.meta(x, y, x[4:], y[4:], tf.constant(sampler.sample(0), tf.int32))
         if traced:
-            assert steps._meta_step.experimental_get_tracing_count() == 1
+            assert steps.meta_step.experimental_get_tracing_count() == 1
         after = [v.numpy() for v in state.matching.trainable_variables]
         results.append((before, [a - b for a, b in zip(after, before)]))
     (start_e, eager), (start_t, traced) = results
