@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional, Tuple, Union
 
+from absl import flags
+
 from cream_tf import cli
 from cream_tf.errors import ConfigError
 
@@ -96,13 +98,14 @@ class Settings:
 
     @classmethod
     def from_flags(cls) -> "Settings":
-        """Reads run.py's flags (parsed, e.g. by run.py or `flagsaver`) and checks them all.
+        """Reads run.py's flags (as parsed by run.py, or their defaults and what `flagsaver` set
+        when no command line was parsed) and checks them all.
 
         Raises `cli.UsageError` naming the flag that is wrong and what would be valid.
         """
         from cream_tf import run_flags
 
-        values = {name: holder.value for name, holder in run_flags.HOLDERS.items()}
+        values = {name: _read(holder) for name, holder in run_flags.HOLDERS.items()}
         values["depth"] = _depth(values["depth"])
         settings = cls(**values)
         settings.check()
@@ -212,6 +215,14 @@ class _as_flags:
             value = ",".join(map(str, value))
         message = error.describe(lambda f: "--" + self.flag_of.get(f, f), value=value)
         raise cli.UsageError(message) from None
+
+
+def _read(holder):
+    """A flag's value; from Python without a command line (flags never parsed), its default or
+    what `flagsaver` set, instead of absl's UnparsedFlagAccessError."""
+    if holder.present or flags.FLAGS.is_parsed():
+        return holder.value
+    return flags.FLAGS[holder.name].value
 
 
 def _depth(values) -> Union[int, Tuple[int, ...]]:

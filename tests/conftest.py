@@ -76,13 +76,10 @@ TINY_FLAGS = dict(dataset="synthetic:4", resolution=32, depth=["1"], width=0.25,
 def settings(**flag_values):
     """`Settings.from_flags()` with run.py's flags at their defaults, TINY_FLAGS, then
     `flag_values` (set through absl's flagsaver, so a value goes through the flag's parser)."""
-    from absl import flags
     from absl.testing import flagsaver
 
     from cream_tf import run_flags  # noqa: F401  (defines the flags)
     from cream_tf.settings import Settings
 
-    if not flags.FLAGS.is_parsed():
-        flags.FLAGS.mark_as_parsed()
     with flagsaver.flagsaver(**{**TINY_FLAGS, **flag_values}):
         return Settings.from_flags()
