@@ -610,6 +610,16 @@ def search(space: Space, train_ds: tf.data.Dataset, val_ds: tf.data.Dataset, wor
         except (AssertionError, ValueError, tf.errors.OpError) as e:
             raise safety.checkpoint_error(latest, e) from None
         _log.info("resumed from %s at step %d", latest, int(step_var.numpy()))
+        if int(step_var.numpy()) >= config.total_steps:
+            # A finished search: nothing to train, and nothing in the workdir is rewritten (no
+            # search.json, board.json or new, empty TensorBoard events file).
+            if not chief:
+                tf.io.gfile.rmtree(ckpt_dir)
+            if config.verbose and chief:
+                print(f"cream_tf.search: {workdir} holds a finished search "
+                      f"({config.total_steps} steps); returning it.", flush=True)
+            return SearchResult(space, supernet, board, matching, sampler, workdir,
+                                config.total_steps, {}, {"step": 0})
     if chief:
         os.makedirs(workdir, exist_ok=True)
         write_atomic(sig_path, json.dumps({"signature": signature, "config": config.to_dict()},

@@ -374,7 +374,10 @@ def shown(tmp_path_factory):
                 value = float(tf.make_ndarray(v.tensor))
                 scalars.setdefault(v.tag, {})[event.step] = value
     return types.SimpleNamespace(frames=bar_frames(out.getvalue()), logs=logs, scalars=scalars,
-                                 warmup=config.warmup_steps, total=config.total_steps)
+                                 warmup=config.warmup_steps, total=config.total_steps,
+                                 rerun=lambda: trainer.search(space, train, train.take(8),
+                                                              str(workdir), config),
+                                 workdir=workdir)
 
 
 def test_search_bar_shows_accuracy_as_a_fraction_like_keras(shown):
@@ -407,3 +410,21 @@ def test_search_shows_rho_and_board_only_once_distillation_starts(shown):
     assert all(0.0 <= b <= 1.0 for b in best) and max(best) > 0, best
     assert shown.scalars["search/board_best"] == pytest.approx(
         {s: shown.logs[s]["board_best"] for s in range(warmup + 1, total + 1)})
+
+
+def test_search_on_a_finished_workdir_returns_it_and_writes_nothing(shown):
+    """A rerun of a finished search (issue 16): no step traced, no search.json, board.json or
+    TensorBoard events file written again."""
+    def files():
+        return {p: (p.stat().st_mtime_ns, p.read_bytes())
+                for p in shown.workdir.rglob("*") if p.is_file()}
+
+    before = files()
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        result = shown.rerun()
+    assert files() == before
+    assert "holds a finished search (6 steps); returning it" in out.getvalue()
+    assert (result.steps, result.traces) == (shown.total, {"step": 0})
+    with open(shown.workdir / "board.json") as f:
+        assert [e["path"] for e in json.load(f)] == [e["path"] for e in result.entries]
