@@ -132,7 +132,7 @@ class Job:
         except InputError as e:  # bad input found while working; a bug keeps its traceback
             raise cli.UsageError(str(e)) from None
         finally:
-            if history and chief:
+            if first and chief:  # steps ran (a finished search is returned as it is)
                 cli.write_json(history_path, history)
         self._search_result = result
         return result

@@ -414,6 +414,19 @@ def _scalar(tag: str, value, step: int):
     tf.summary.write(tag, tf.constant(value, tf.float32), step=step, metadata=_SCALAR_METADATA)
 
 
+# The search's figures in its progress bar and in TensorBoard (tags search/<name>), in Keras'
+# conventions: accuracies are fractions of the batch (0.9512), as in the bar of retraining. rho
+# and the board's figures appear from the first distilling step on: during the warm-up rho is 0
+# and no teacher is picked from the board, so they would mean nothing.
+_SHOWN = ("loss", "accuracy", "rho", "board_size", "board_best")
+
+
+def _shown(logs: dict) -> list:
+    """(name, value) pairs of `_SHOWN` for one step's logs: loss and accuracy, and from the first
+    distilling step on rho and the board's size and best score (a fraction, as accuracy)."""
+    return [(name, logs[name]) for name in (_SHOWN if logs["distill"] else _SHOWN[:2])]
+
+
 def _worker_info(strategy):
     resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is None or not getattr(resolver, "task_type", None):
@@ -547,7 +560,9 @@ def search(space: Space, train_ds: tf.data.Dataset, val_ds: tf.data.Dataset, wor
       strategy: a tf.distribute strategy (default: the current one). All replicas train the same
         path; the global batch is split over them.
       callback: optional callable(step, logs) run on the host after every step (logs: loss,
-        accuracy, rho, teacher, board_size, macs, lr, path). It may raise to stop the search.
+        accuracy as a fraction of the batch, distill, board_size, macs, lr, path, board_changed,
+        finite, bad_steps; from the first distilling step on also rho, teacher and board_best,
+        the best board score as a fraction). It may raise to stop the search.
 
     Returns:
       `SearchResult` with the supernet, the board and the workdir.
@@ -598,6 +613,16 @@ def search(space: Space, train_ds: tf.data.Dataset, val_ds: tf.data.Dataset, wor
         except (AssertionError, ValueError, tf.errors.OpError) as e:
             raise safety.checkpoint_error(latest, e) from None
         _log.info("resumed from %s at step %d", latest, int(step_var.numpy()))
+        if int(step_var.numpy()) >= config.total_steps:
+            # A finished search: nothing to train, and nothing in the workdir is rewritten (no
+            # search.json, board.json or new, empty TensorBoard events file).
+            if not chief:
+                tf.io.gfile.rmtree(ckpt_dir)
+            if config.verbose and chief:
+                print(f"cream_tf.search: {workdir} holds a finished search "
+                      f"({config.total_steps} steps); returning it.", flush=True)
+            return SearchResult(space, supernet, board, matching, sampler, workdir,
+                                config.total_steps, {}, {"step": 0})
     if chief:
         os.makedirs(workdir, exist_ok=True)
         write_atomic(sig_path, json.dumps({"signature": signature, "config": config.to_dict()},
@@ -612,7 +637,7 @@ def search(space: Space, train_ds: tf.data.Dataset, val_ds: tf.data.Dataset, wor
     start = int(step_var.numpy())
     total = config.total_steps
     progbar = keras.utils.Progbar(total, verbose=1 if (config.verbose and chief) else 0,
-                                  stateful_metrics=["loss", "accuracy", "rho", "board"])
+                                  stateful_metrics=_SHOWN)
     if start and progbar.verbose:
         progbar.update(start)
     logs = {}
@@ -632,12 +657,13 @@ def search(space: Space, train_ds: tf.data.Dataset, val_ds: tf.data.Dataset, wor
                                      step + 1)
                 out = (steps.distill if distill else steps.warmup)(images, labels, path)
                 finite = bool(out["finite"].numpy())
-                accuracy = 100.0 * float(out["correct"].numpy()) / config.batch_size
+                correct = float(out["correct"].numpy())
+                score = 100.0 * correct / config.batch_size  # the board's unit: percent
                 macs = sampler.path_macs(path_np)
                 changed = False
                 if finite:
                     bad_in_row = 0
-                    changed = board.update(path_np, accuracy, macs, out["images"].numpy(),
+                    changed = board.update(path_np, score, macs, out["images"].numpy(),
                                            out["probs"].numpy())
                 else:  # the step changed nothing (weights, slots, BN statistics); the board neither
                     bad_in_row += 1
@@ -653,21 +679,24 @@ def search(space: Space, train_ds: tf.data.Dataset, val_ds: tf.data.Dataset, wor
                             f"{workdir}); last good checkpoint: {last or 'none yet'}. Check the data "
                             f"for NaN/Inf or lower the learning rate, then rerun to resume from it")
                 step_var.assign(step + 1)
-                logs = {"loss": float(out["loss"].numpy()), "accuracy": accuracy,
-                        "rho": float(out["rho"].numpy()), "teacher": int(out["teacher"].numpy()),
+                logs = {"loss": float(out["loss"].numpy()),
+                        "accuracy": correct / config.batch_size, "distill": distill,
                         "board_size": int(board.size.numpy()), "macs": macs,
                         "lr": float(schedule(step).numpy()), "path": path_np.tolist(),
                         "board_changed": bool(changed), "finite": finite, "bad_steps": bad_total}
+                if distill:  # before, rho is 0 and no teacher is picked: nothing to report
+                    logs.update(rho=float(out["rho"].numpy()),
+                                teacher=int(out["teacher"].numpy()),
+                                board_best=float(board.scores.numpy()[0]) / 100.0)
                 if chief and changed:
                     write_atomic(board_json, board.to_json(space))
                 if writer is not None and ((step + 1) % config.log_interval == 0 or step + 1 == total):
                     with writer.as_default(step=step + 1):
-                        for key in ("loss", "accuracy", "rho", "board_size", "macs", "lr"):
-                            _scalar(f"search/{key}", logs[key], step + 1)
-                        if logs["board_size"]:
-                            _scalar("search/board_best", float(board.scores.numpy()[0]), step + 1)
-                progbar.update(step + 1, [("loss", logs["loss"]), ("accuracy", accuracy),
-                                          ("rho", logs["rho"]), ("board", logs["board_size"])])
+                        for key, value in _shown(logs):
+                            _scalar(f"search/{key}", value, step + 1)
+                        _scalar("search/macs", macs, step + 1)
+                        _scalar("search/lr", logs["lr"], step + 1)
+                progbar.update(step + 1, _shown(logs))
                 # no periodic checkpoint inside a run of bad steps: the last one stays good
                 if ((step + 1) % config.checkpoint_interval == 0 and finite) or step + 1 == total:
                     manager.save(checkpoint_number=step + 1)

@@ -1,7 +1,13 @@
 """The search loop: path-only updates, one trace for every path, LR schedule, resume, end to end."""
+import contextlib
+import functools
+import io
 import json
 import os
+import re
+import types
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -322,3 +328,103 @@ def test_write_atomic_replaces_whole_files(tmp_path):
     trainer.write_atomic(str(target), "two")
     assert target.read_text() == "two"
     assert os.listdir(tmp_path / "sub") == ["board.json"]  # no temp files left behind
+
+
+# -- what the search shows ---------------------------------------------------------------------
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def bar_frames(text):
+    """{step: {metric: value}} of every frame a Keras progress bar printed (the last one per
+    step); frames are separated by \\r (dynamic display) or newlines, erased with \\b."""
+    frames = {}
+    for frame in re.split(r"[\r\n]", ANSI.sub("", text).replace("\b", "")):
+        head = re.match(r"\s*(\d+)/\d+ ", frame)
+        if head:
+            frames[int(head.group(1))] = {
+                k: float(v) for k, v in re.findall(r" - (\w+): ([-+.\de]+)", frame)}
+    return frames
+
+
+@pytest.fixture(scope="module")
+def shown(tmp_path_factory):
+    """A 6-step search (3 warm-up) with its progress bar on, every step drawn; returns the bar's
+    frames, the callback's logs and the TensorBoard scalars by tag."""
+    keras.utils.set_random_seed(0)
+    workdir = tmp_path_factory.mktemp("shown")
+    space = Space("mbconv", depth=1, resolution=32, width=0.25, num_classes=2)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (32, 32, 32, 3)).astype(np.float32)
+    y = (np.arange(32) % 2).astype(np.int32)
+    train = tf.data.Dataset.from_tensor_slices((x, y)).repeat()
+    config = trainer.SearchConfig(epochs=2, steps_per_epoch=3, warmup_epochs=1, batch_size=4,
+                                  learning_rate=0.1, board_size=2, board_images=2, meta_slice=2,
+                                  log_interval=1, seed=0, verbose=1)
+    logs = {}
+    out = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, contextlib.redirect_stdout(out):
+        patch.setattr(keras.utils, "Progbar", functools.partial(keras.utils.Progbar, interval=0))
+        trainer.search(space, train, train.take(8), str(workdir), config,
+                       callback=lambda step, l: logs.setdefault(step + 1, l))
+    scalars = {}
+    for name in os.listdir(workdir / "logs"):
+        for event in tf.compat.v1.train.summary_iterator(str(workdir / "logs" / name)):
+            for v in event.summary.value:
+                value = float(tf.make_ndarray(v.tensor))
+                scalars.setdefault(v.tag, {})[event.step] = value
+    return types.SimpleNamespace(frames=bar_frames(out.getvalue()), logs=logs, scalars=scalars,
+                                 warmup=config.warmup_steps, total=config.total_steps,
+                                 rerun=lambda: trainer.search(space, train, train.take(8),
+                                                              str(workdir), config),
+                                 workdir=workdir)
+
+
+def test_search_bar_shows_accuracy_as_a_fraction_like_keras(shown):
+    assert sorted(shown.frames) == list(range(1, shown.total + 1))
+    accuracies = [shown.frames[s]["accuracy"] for s in sorted(shown.frames)]
+    assert all(0.0 <= a <= 1.0 for a in accuracies), accuracies
+    assert max(accuracies) > 0  # 2 classes: some step is right on some image, so percent shows
+    for step, frame in shown.frames.items():
+        assert frame["accuracy"] == pytest.approx(shown.logs[step]["accuracy"], abs=1e-4)
+    assert shown.scalars["search/accuracy"] == pytest.approx(
+        {s: l["accuracy"] for s, l in shown.logs.items()})
+
+
+DISTILLATION = ("rho", "board_size", "board_best")
+
+
+def test_search_shows_rho_and_board_only_once_distillation_starts(shown):
+    warmup, total = shown.warmup, shown.total
+    for step, frame in shown.frames.items():
+        distilling = step > warmup
+        assert shown.logs[step]["distill"] is distilling
+        assert [name in frame for name in DISTILLATION] == [distilling] * 3, (step, frame)
+        assert [name in shown.logs[step] for name in ("rho", "teacher")] == [distilling] * 2
+        assert {"loss", "accuracy"} <= set(frame)
+    for name in DISTILLATION:  # TensorBoard as the bar
+        assert sorted(shown.scalars[f"search/{name}"]) == list(range(warmup + 1, total + 1))
+    for tag in ("search/loss", "search/accuracy", "search/macs", "search/lr"):
+        assert sorted(shown.scalars[tag]) == list(range(1, total + 1))
+    best = [shown.frames[s]["board_best"] for s in range(warmup + 1, total + 1)]
+    assert all(0.0 <= b <= 1.0 for b in best) and max(best) > 0, best
+    assert shown.scalars["search/board_best"] == pytest.approx(
+        {s: shown.logs[s]["board_best"] for s in range(warmup + 1, total + 1)})
+
+
+def test_search_on_a_finished_workdir_returns_it_and_writes_nothing(shown):
+    """A rerun of a finished search (issue 16): no step traced, no search.json, board.json or
+    TensorBoard events file written again."""
+    def files():
+        return {p: (p.stat().st_mtime_ns, p.read_bytes())
+                for p in shown.workdir.rglob("*") if p.is_file()}
+
+    before = files()
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        result = shown.rerun()
+    assert files() == before
+    assert "holds a finished search (6 steps); returning it" in out.getvalue()
+    assert (result.steps, result.traces) == (shown.total, {"step": 0})
+    with open(shown.workdir / "board.json") as f:
+        assert [e["path"] for e in json.load(f)] == [e["path"] for e in result.entries]
