@@ -243,6 +243,15 @@ class Job:
         splits, info = self.data()
         space = self.space
         name = self.s.model_name
+        final = os.path.join(self.retrain_dir, "final.keras")
+        report_path = os.path.join(self.export_dir, "export_report.json")
+        if not self.s.overwrite and os.path.exists(report_path):
+            done = cli.read_json(report_path)
+            if done.get("source") == _model_source(final) and done.get("model_name") == name:
+                print(f"export: {self.export_dir} holds a finished export of this model "
+                      f"({os.path.basename(report_path)}); --overwrite exports it again",
+                      flush=True)
+                return done
         os.makedirs(self.export_dir, exist_ok=True)
         _announce(f"export: {name} to {self.export_dir}")
         held_out = data_lib.eval_pipeline(splits.test if splits.test is not None else splits.val,
@@ -250,7 +259,7 @@ class Job:
                                           crop_pct=info.eval_crop_pct)
         calibration = data_lib.eval_pipeline(splits.train, space.resolution, batch_size=32,
                                              crop_pct=info.eval_crop_pct).take(8)
-        progress = _ExportProgress(self.export_dir, os.path.join(self.retrain_dir, "final.keras"))
+        progress = _ExportProgress(self.export_dir, final)
         try:
             keras_path = progress.make("keras", lambda: export_lib.export_keras(
                 model, os.path.join(self.export_dir, f"{name}.keras"), overwrite=self.s.overwrite))
@@ -263,15 +272,16 @@ class Job:
                 model, os.path.join(self.export_dir, f"{name}_int8.tflite"),
                 quantization="int8", representative_data=calibration,
                 overwrite=self.s.overwrite))
-        except export_lib.ExportError as e:
-            raise cli.UsageError(f"{e} (pass --overwrite to replace it)") from None
+        except export_lib.ExportError as e:  # the library's words, with the flag's name
+            raise cli.UsageError(str(e).replace("overwrite=True", "--overwrite")) from None
         # batch by batch: memory is bounded by the batch, not by the held-out split
         accuracy = export_lib.compare_accuracy(model, {"tflite_fp32": fp32, "tflite_int8": int8},
                                                held_out)
         report = {"keras": keras_path, "saved_model": serving, "tflite_fp32": fp32,
                   "tflite_int8": int8, "accuracy": accuracy,
-                  "held_out_split": "test" if splits.test is not None else "val"}
-        cli.write_json(os.path.join(self.export_dir, "export_report.json"), report)
+                  "held_out_split": "test" if splits.test is not None else "val",
+                  "model_name": name, "source": progress.source}
+        cli.write_json(report_path, report)
         progress.finish()
         return report
 
@@ -329,9 +339,7 @@ class _ExportProgress:
 
     def __init__(self, export_dir: str, model_path: str):
         self.path = os.path.join(export_dir, ".export_progress.json")
-        stat = os.stat(model_path)
-        self.source = {"model": os.path.abspath(model_path), "size": stat.st_size,
-                       "mtime_ns": stat.st_mtime_ns}
+        self.source = _model_source(model_path)
         done = {}
         if os.path.exists(self.path):
             try:
@@ -353,6 +361,13 @@ class _ExportProgress:
     def finish(self):
         if os.path.exists(self.path):
             os.remove(self.path)
+
+
+def _model_source(model_path: str) -> dict:
+    """Which model file an export came from (path, size, mtime): a retrained model is another."""
+    stat = os.stat(model_path)
+    return {"model": os.path.abspath(model_path), "size": stat.st_size,
+            "mtime_ns": stat.st_mtime_ns}
 
 
 def _is_chief(strategy) -> bool:

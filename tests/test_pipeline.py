@@ -132,13 +132,22 @@ def test_each_mode_in_turn_and_a_killed_export_resumes(tmp_path):
     assert read(workdir / "retrain" / "result.json") == result
     assert read(workdir / "select" / "selection.json")["best"] == chosen
 
-    # Exporting again without --overwrite: one-line error, exit 2, nothing written.
-    listing = sorted(os.listdir(export))
+    # Exporting the same model again without --overwrite: its finished export, nothing written.
+    listing = {n: os.stat(export / n).st_mtime_ns for n in os.listdir(export)}
     again = run(["--mode=export", *common], tmp_path)
-    assert again.returncode == 2, again.stderr[-4000:]
-    errors = [l for l in again.stderr.splitlines() if l.startswith("run.py: error:")]
-    assert len(errors) == 1 and "already exists" in errors[0] and "--overwrite" in errors[0]
-    assert sorted(os.listdir(export)) == listing
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert "holds a finished export of this model" in again.stdout
+    assert {n: os.stat(export / n).st_mtime_ns for n in os.listdir(export)} == listing
+
+    # A model retrained since (another final.keras): its export would replace these files, so
+    # without --overwrite that is a one-line error, exit 2, nothing written.
+    os.utime(workdir / "retrain" / "final.keras", ns=(1, 1))
+    refused = run(["--mode=export", *common], tmp_path)
+    assert refused.returncode == 2, refused.stderr[-4000:]
+    errors = [l for l in refused.stderr.splitlines() if l.startswith("run.py: error:")]
+    assert len(errors) == 1 and "already exists; pass --overwrite" in errors[0], errors
+    assert "overwrite=True" not in errors[0]
+    assert {n: os.stat(export / n).st_mtime_ns for n in os.listdir(export)} == listing
 
 
 @pytest.mark.parametrize("batch", [32, 128, 1024])
