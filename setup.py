@@ -9,6 +9,8 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["cream_tf", "cream_tf.*"]),
+    # The SavedModel README template, read with importlib.resources.
+    package_data={"cream_tf.export": ["README.template.md"]},
     py_modules=["run"],
     python_requires=">=3.10",
     install_requires=[

@@ -1,14 +1,15 @@
 """Command-line plumbing shared by run.py and the benchmarks: flag files, one-line usage errors,
-the distribution strategy by name, and atomic JSON files in a workdir."""
+the distribution strategy by name, and reading JSON files of a workdir (written by `atomic`)."""
 from __future__ import annotations
 
 import difflib
 import json
 import os
 import sys
-import tempfile
 
 from absl import flags
+
+from cream_tf import atomic
 
 USAGE_EXIT = 2
 
@@ -67,24 +68,11 @@ def parse_flags(argv: list, module_flags: list, program: str = "run.py") -> list
 
 
 def atomic_write(path: str, data, mode: str = "w"):
-    """Writes a file whole or not at all: a temp file in the same folder, then os.replace."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, mode) as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """`atomic.write_text`, or `atomic.write_bytes` for mode 'wb' (the older name)."""
+    (atomic.write_bytes if "b" in mode else atomic.write_text)(path, data)
 
 
-def write_json(path: str, value):
-    atomic_write(path, json.dumps(value, indent=2, sort_keys=False) + "\n")
+write_json = atomic.write_json  # the older name
 
 
 def read_json(path: str):
@@ -119,4 +107,5 @@ def make_strategy(name: str):
         tf.config.experimental_connect_to_cluster(resolver)
         tf.tpu.experimental.initialize_tpu_system(resolver)
         return tf.distribute.TPUStrategy(resolver)
-    raise UsageError(f"unknown strategy {name!r}; valid: auto, mirrored, multi_worker, tpu, default")
+    raise UsageError(f"unknown strategy {name!r}; valid: auto, mirrored, multi_worker, tpu, "
+                     f"default")

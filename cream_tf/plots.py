@@ -2,16 +2,15 @@
 
 matplotlib is optional (`pip install cream_tf[plots]`). Without it every function here prints
 one clear message and returns None instead of failing, so a search never dies for a figure.
-Files are written under a temporary name in the target directory, then renamed.
+Files are written whole or not at all (`cream_tf.atomic`).
 """
 from __future__ import annotations
 
-import os
 import sys
-import tempfile
 from typing import Optional
 
 from cream_tf import arch as arch_lib
+from cream_tf import atomic
 from cream_tf.space import Space
 
 __all__ = ["draw_architecture", "plot_board", "board_points", "have_matplotlib"]
@@ -44,17 +43,8 @@ def _figure(width, height):
 
 
 def _save(fig, path_png: str) -> str:
-    directory = os.path.dirname(os.path.abspath(path_png))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path_png)}.", suffix=".png",
-                               dir=directory)
-    os.close(fd)
-    try:
+    with atomic.file(path_png) as tmp:
         fig.savefig(tmp, format="png", bbox_inches="tight")
-        os.replace(tmp, path_png)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path_png
 
 

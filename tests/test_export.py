@@ -211,7 +211,7 @@ def test_versions_increase_and_never_overwrite(trained, workdir, monkeypatch):
         with open(os.path.join(filepath, "saved_model.pb"), "w") as f:
             f.write(str(os.getpid()) + str(np.random.rand()))
 
-    monkeypatch.setattr(export, "_save_model", save_model)
+    monkeypatch.setattr(export.saved_model, "write_saved_model", save_model)
     assert export.export_saved_model(model, base, model_name="m").endswith(os.sep + "1")
     os.makedirs(base / "m" / "7")  # an existing later version (e.g. copied in by hand)
     assert export.export_saved_model(model, base, model_name="m").endswith(os.sep + "8")
@@ -241,7 +241,7 @@ def test_failed_export_leaves_nothing(trained, workdir, monkeypatch):
         open(os.path.join(filepath, "saved_model.pb"), "wb").write(b"partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr(export, "_save_model", broken_save_model)
+    monkeypatch.setattr(export.saved_model, "write_saved_model", broken_save_model)
     with pytest.raises(OSError, match="disk full"):
         export.export_saved_model(model, base, model_name="m")
     assert os.listdir(base / "m") == []
@@ -321,8 +321,9 @@ def test_accuracy_batch_by_batch_equals_whole_arrays(trained, small_exports):
 def test_softmax_models_and_unsized_inputs():
     space = Space("mbconv", depth=1, resolution=32, width=0.25, num_classes=3)
     path = [[0], [0], [0], [0], [0]]
-    assert export._outputs_probabilities(child.build(path, space, classifier_activation="softmax"))
-    assert not export._outputs_probabilities(child.build(path, space))
+    ends_in_softmax = export.model_io.outputs_probabilities
+    assert ends_in_softmax(child.build(path, space, classifier_activation="softmax"))
+    assert not ends_in_softmax(child.build(path, space))
     with pytest.raises(export.ExportError, match=r"fixed size.*input_shape=\(H, W, 3\)"):
         export.export_saved_model(child.build(path, space, input_shape=(None, None, 3)), "unused")
 
