@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from cream_tf import arch as arch_lib
 from cream_tf import flops
 from cream_tf.errors import InputError
 from cream_tf.space import Space
@@ -211,13 +212,8 @@ class Sampler:
             f"max_tries")
 
     def nested(self, flat) -> tuple:
-        """A flat path as per-stage tuples (the `arch` path form)."""
-        flat = [int(i) for i in flat]
-        out, i = [], 0
-        for d in self.space.depth:
-            out.append(tuple(flat[i:i + d]))
-            i += d
-        return tuple(out)
+        """A flat path as per-stage tuples (the `arch` path form): `arch.nested_path`."""
+        return arch_lib.nested_path(flat, self.space)
 
     def __repr__(self):
         return (f"Sampler({self.space.name}, macs_range={self.macs_range}, seed={self.seed})")

@@ -98,14 +98,6 @@ def _values_to_flat(values: Mapping, space: Space) -> list:
     return flat
 
 
-def _split(flat, space: Space) -> tuple:
-    path, start = [], 0
-    for depth in space.depth:
-        path.append(tuple(int(i) for i in flat[start:start + depth]))
-        start += depth
-    return tuple(path)
-
-
 def path_from_hyperparameters(hp, space: Space) -> tuple:
     """The path (per-stage tuples of op indices) that `hp` (HyperParameters or a dict) encodes.
 
@@ -115,7 +107,7 @@ def path_from_hyperparameters(hp, space: Space) -> tuple:
     if not isinstance(values, Mapping):
         raise TypeError(f"expected keras_tuner.HyperParameters or a dict of values, got "
                         f"{type(hp).__name__}")
-    return arch_lib.validate_path(_split(_values_to_flat(values, space), space), space)
+    return arch_lib.validate_path(arch_lib.nested_path(_values_to_flat(values, space), space), space)
 
 
 def _values_from_flat(flat, space: Space) -> dict:
@@ -195,7 +187,7 @@ def sample_path_in_range(space: Space, macs_range, seed=None, max_tries: int = 1
     flat = _draw(sampler, rng, max_tries, lambda f: False)
     if flat is None:
         raise _not_found(space, lo, hi, max_tries)
-    return _split(flat, space)
+    return arch_lib.nested_path(flat, space)
 
 
 def _draw(sampler, rng, max_tries, is_duplicate, batch: int = 256):
