@@ -160,12 +160,23 @@ class CostTable:
     allowed: np.ndarray
 
     def path_macs(self, path) -> int:
-        flat = arch_lib.flat_path(arch_lib.validate_path(path, self.space))
-        return self.fixed_macs + int(self.macs[np.arange(len(flat)), flat].sum())
+        """MACs of a path (per-stage or flat), checked against the space."""
+        return int(self.paths_macs(self._checked_flat(path)))
 
     def path_params(self, path) -> int:
-        flat = arch_lib.flat_path(arch_lib.validate_path(path, self.space))
+        """Parameters of a path (per-stage or flat), checked against the space."""
+        flat = self._checked_flat(path)
         return self.fixed_params + int(self.params[np.arange(len(flat)), flat].sum())
+
+    def paths_macs(self, flat_paths) -> np.ndarray:
+        """MACs of flat paths, op indices [..., layers] -> int64 [...]. Unchecked, for samplers
+        that price thousands of drawn paths at once; `path_macs` checks one."""
+        flat_paths = np.asarray(flat_paths)
+        return self.fixed_macs + self.macs[np.arange(self.macs.shape[0]), flat_paths].sum(axis=-1)
+
+    def _checked_flat(self, path) -> list:
+        return arch_lib.flat_path(arch_lib.validate_path(arch_lib.nested_path(path, self.space),
+                                                         self.space))
 
     def arch_macs(self, arch) -> int:
         return self.path_macs(arch_lib.arch_to_path(arch, self.space))

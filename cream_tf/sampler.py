@@ -188,19 +188,17 @@ class Sampler:
         return ops.astype(np.int32)
 
     def path_macs(self, flat) -> int:
-        flat = np.asarray(flat)
-        return self.table.fixed_macs + int(self.table.macs[np.arange(len(flat)), flat].sum())
+        return int(self.table.paths_macs(flat))
 
     def sample(self, step: int) -> np.ndarray:
         """The flat int32 path of global step `step` (same for every caller with this seed)."""
         rng = np.random.default_rng([self.seed, int(step)])
         low, high = self.macs_range
-        rows = np.arange(self.space.num_layers)
         drawn = 0
         while drawn < self.max_tries:
             count = min(256, self.max_tries - drawn)
             paths = self._draw(rng, count)
-            macs = self.table.fixed_macs + self.table.macs[rows[None], paths].sum(axis=1)
+            macs = self.table.paths_macs(paths)
             ok = np.flatnonzero((macs >= low) & (macs <= high))
             if ok.size:
                 return paths[ok[0]]

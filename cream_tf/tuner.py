@@ -130,16 +130,14 @@ class _RangeSampler:
 
     def __init__(self, space: Space, lo: int, hi: int):
         table = flops.cost_table(space)
-        self.space, self.lo, self.hi = space, lo, hi
-        self.fixed = table.fixed_macs
+        self.space, self.lo, self.hi, self.table = space, lo, hi, table
         self.choices = [np.array(layer.choices) for layer in space.layers]
         self.costs = [table.macs[l, c] for l, c in enumerate(self.choices)]
         self.layer_min = np.array([c.min() for c in self.costs], np.int64)
         self.layer_max = np.array([c.max() for c in self.costs], np.int64)
-        self.macs_table = table.macs
 
     def macs(self, flat) -> int:
-        return self.fixed + int(self.macs_table[np.arange(len(flat)), flat].sum())
+        return int(self.table.paths_macs(flat))
 
     def in_range(self, macs) -> bool:
         return self.lo <= macs <= self.hi
@@ -157,7 +155,7 @@ class _RangeSampler:
         """
         order = rng.permutation(len(self.choices))
         rest_min, rest_max = int(self.layer_min.sum()), int(self.layer_max.sum())
-        total = self.fixed
+        total = self.table.fixed_macs
         flat = np.zeros(len(self.choices), np.int64)
         for l in order:
             rest_min -= int(self.layer_min[l])
@@ -194,7 +192,7 @@ def _draw(sampler, rng, max_tries, is_duplicate, batch: int = 256):
     """Rejection sampling (uniform over in-range paths), then construction; None if nothing new."""
     for _ in range(max(1, max_tries // batch)):
         paths = sampler.uniform(rng, batch)
-        macs = sampler.fixed + sampler.macs_table[np.arange(paths.shape[1]), paths].sum(axis=1)
+        macs = sampler.table.paths_macs(paths)
         for i in np.nonzero((macs >= sampler.lo) & (macs <= sampler.hi))[0]:
             if not is_duplicate(paths[i]):
                 return paths[i]
@@ -366,7 +364,7 @@ class MacsBayesianOptimizationOracle(_MacsRangeMixin, kt.oracles.BayesianOptimiz
         half = self.num_candidates // 2
         for _ in range(max(1, self.max_tries // 256)):
             paths = sampler.uniform(rng, 256)
-            macs = sampler.fixed + sampler.macs_table[np.arange(paths.shape[1]), paths].sum(1)
+            macs = sampler.table.paths_macs(paths)
             for i in np.nonzero((macs >= sampler.lo) & (macs <= sampler.hi))[0]:
                 add(paths[i])
             if len(result) >= half:
