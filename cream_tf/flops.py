@@ -181,18 +181,25 @@ class CostTable:
     def arch_macs(self, arch) -> int:
         return self.path_macs(arch_lib.arch_to_path(arch, self.space))
 
-    def _extreme(self, reduce, fill) -> int:
-        return self.fixed_macs + int(reduce(np.where(self.allowed, self.macs, fill), axis=1).sum())
+    @property
+    def layer_min_macs(self) -> np.ndarray:
+        """Per searchable layer, the MACs of its cheapest allowed op: int64 [layers]."""
+        return np.where(self.allowed, self.macs, np.iinfo(np.int64).max).min(axis=1)
+
+    @property
+    def layer_max_macs(self) -> np.ndarray:
+        """Per searchable layer, the MACs of its dearest allowed op: int64 [layers]."""
+        return np.where(self.allowed, self.macs, -1).max(axis=1)
 
     @property
     def min_macs(self) -> int:
         """The exact smallest MACs any path of the space reaches."""
-        return self._extreme(np.min, np.iinfo(np.int64).max)
+        return self.fixed_macs + int(self.layer_min_macs.sum())
 
     @property
     def max_macs(self) -> int:
         """The exact largest MACs any path of the space reaches."""
-        return self._extreme(np.max, -1)
+        return self.fixed_macs + int(self.layer_max_macs.sum())
 
     def resolve_range(self, value) -> tuple:
         """A MACs budget (see `macs_range`) as two ints, open ends closed at what the space

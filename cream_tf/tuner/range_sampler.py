@@ -33,8 +33,7 @@ class RangeSampler:
         self.space, self.lo, self.hi, self.table = space, lo, hi, table
         self.choices = [np.array(layer.choices) for layer in space.layers]
         self.costs = [table.macs[l, c] for l, c in enumerate(self.choices)]
-        self.layer_min = np.array([c.min() for c in self.costs], np.int64)
-        self.layer_max = np.array([c.max() for c in self.costs], np.int64)
+        self.layer_min, self.layer_max = table.layer_min_macs, table.layer_max_macs
 
     def macs(self, flat) -> int:
         return int(self.table.paths_macs(flat))
