@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from cream_tf import arch as arch_lib
 from cream_tf.space import Space, make_divisible
 
 RELEASE_PRIOR = (0.05, 0.2, 0.05, 0.5, 0.05, 0.15)  # k3e4, k3e6, k5e4, k5e6, k7e4, k7e6
@@ -233,14 +234,7 @@ class TorchSuperNet(nn.Module):
 
     def nested(self, path):
         """Per-stage op lists with the fixed stages: [[0], stage 1, ..., stage 5, [0]]."""
-        path = [list(p) if isinstance(p, (list, tuple, np.ndarray)) else p for p in path]
-        if all(isinstance(p, list) for p in path):
-            stages = path
-        else:
-            flat, stages, i = [int(p) for p in path], [], 0
-            for d in self.space.depth:
-                stages.append(flat[i:i + d])
-                i += d
+        stages = arch_lib.nested_path(path, self.space)
         return [[0]] + [[int(o) for o in s] for s in stages] + [[0]]
 
     def forward(self, x, path):

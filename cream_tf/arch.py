@@ -19,10 +19,12 @@ from __future__ import annotations
 import dataclasses
 import re
 
+import numpy as np
+
 from cream_tf.space import SKIP, Op, Space
 
 __all__ = ["Arch", "ArchError", "parse", "parse_path", "parse_paper", "parse_blocks",
-           "path_to_arch", "arch_to_path", "validate_path", "flat_path", "FORMS"]
+           "path_to_arch", "arch_to_path", "validate_path", "flat_path", "nested_path", "FORMS"]
 
 FORMS = ("path", "paper", "blocks")
 
@@ -116,6 +118,30 @@ def validate_path(path, space: Space) -> tuple:
 def flat_path(path) -> list:
     """The path as one flat list of op indices, the form a supernet takes (as an int32 tensor)."""
     return [i for stage in path for i in stage]
+
+
+def nested_path(path, space: Space) -> tuple:
+    """The per-stage form of a path given in either form (not validated: see `validate_path`).
+
+    A flat path (a sequence, array or tensor of one op index per searchable layer, as samplers,
+    the board and the supernet hold it) is cut by `space.depth` into tuples of ints; per-stage
+    sequences pass through. The one flat -> nested conversion, the inverse of `flat_path`.
+    """
+    if hasattr(path, "numpy"):  # a tf.Tensor or tf.Variable, without importing TensorFlow
+        path = path.numpy()
+    if isinstance(path, np.ndarray):
+        path = path.tolist()
+    path = tuple(path)
+    if not (path and all(isinstance(p, (int, np.integer)) for p in path)):
+        return path
+    if len(path) != space.num_layers:
+        raise ArchError(f"a flat path of space {space.name!r} has {space.num_layers} op "
+                        f"indices, got {len(path)}")
+    nested, start = [], 0
+    for depth in space.depth:
+        nested.append(tuple(int(i) for i in path[start:start + depth]))
+        start += depth
+    return tuple(nested)
 
 
 def path_to_arch(path, space: Space) -> Arch:

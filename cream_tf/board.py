@@ -115,7 +115,7 @@ class Board(tf.Module):
             path = path.numpy()
         seq = list(path) if not isinstance(path, np.ndarray) else None
         if seq is not None and seq and all(isinstance(s, (list, tuple, np.ndarray)) for s in seq):
-            path = [i for stage in seq for i in stage]  # a per-stage path: flatten
+            path = arch_lib.flat_path(seq)  # a per-stage path: flatten
         arr = np.asarray(path)
         if arr.ndim != 1 or arr.shape[0] != self.num_layers or not (
                 np.issubdtype(arr.dtype, np.integer)):
@@ -226,10 +226,8 @@ class Board(tf.Module):
                              f"{space} has {space.num_layers}")
         result = []
         for entry in self.entries():
-            stages, flat = [], iter(entry["path"])
-            for depth in space.depth:
-                stages.append([next(flat) for _ in range(depth)])
-            paper = arch_lib.path_to_arch(stages, space).to_paper()
+            paper = arch_lib.path_to_arch(arch_lib.nested_path(entry["path"], space),
+                                          space).to_paper()
             result.append({"path": entry["path"], "paper": paper, "macs": entry["macs"],
                            "score": entry["score"]})
         return json.dumps(result, indent=2)

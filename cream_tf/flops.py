@@ -160,28 +160,46 @@ class CostTable:
     allowed: np.ndarray
 
     def path_macs(self, path) -> int:
-        flat = arch_lib.flat_path(arch_lib.validate_path(path, self.space))
-        return self.fixed_macs + int(self.macs[np.arange(len(flat)), flat].sum())
+        """MACs of a path (per-stage or flat), checked against the space."""
+        return int(self.paths_macs(self._checked_flat(path)))
 
     def path_params(self, path) -> int:
-        flat = arch_lib.flat_path(arch_lib.validate_path(path, self.space))
+        """Parameters of a path (per-stage or flat), checked against the space."""
+        flat = self._checked_flat(path)
         return self.fixed_params + int(self.params[np.arange(len(flat)), flat].sum())
+
+    def paths_macs(self, flat_paths) -> np.ndarray:
+        """MACs of flat paths, op indices [..., layers] -> int64 [...]. Unchecked, for samplers
+        that price thousands of drawn paths at once; `path_macs` checks one."""
+        flat_paths = np.asarray(flat_paths)
+        return self.fixed_macs + self.macs[np.arange(self.macs.shape[0]), flat_paths].sum(axis=-1)
+
+    def _checked_flat(self, path) -> list:
+        return arch_lib.flat_path(arch_lib.validate_path(arch_lib.nested_path(path, self.space),
+                                                         self.space))
 
     def arch_macs(self, arch) -> int:
         return self.path_macs(arch_lib.arch_to_path(arch, self.space))
 
-    def _extreme(self, reduce, fill) -> int:
-        return self.fixed_macs + int(reduce(np.where(self.allowed, self.macs, fill), axis=1).sum())
+    @property
+    def layer_min_macs(self) -> np.ndarray:
+        """Per searchable layer, the MACs of its cheapest allowed op: int64 [layers]."""
+        return np.where(self.allowed, self.macs, np.iinfo(np.int64).max).min(axis=1)
+
+    @property
+    def layer_max_macs(self) -> np.ndarray:
+        """Per searchable layer, the MACs of its dearest allowed op: int64 [layers]."""
+        return np.where(self.allowed, self.macs, -1).max(axis=1)
 
     @property
     def min_macs(self) -> int:
         """The exact smallest MACs any path of the space reaches."""
-        return self._extreme(np.min, np.iinfo(np.int64).max)
+        return self.fixed_macs + int(self.layer_min_macs.sum())
 
     @property
     def max_macs(self) -> int:
         """The exact largest MACs any path of the space reaches."""
-        return self._extreme(np.max, -1)
+        return self.fixed_macs + int(self.layer_max_macs.sum())
 
     def resolve_range(self, value) -> tuple:
         """A MACs budget (see `macs_range`) as two ints, open ends closed at what the space

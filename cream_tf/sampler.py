@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from cream_tf import arch as arch_lib
 from cream_tf import flops
 from cream_tf.errors import InputError
 from cream_tf.space import Space
@@ -187,19 +188,17 @@ class Sampler:
         return ops.astype(np.int32)
 
     def path_macs(self, flat) -> int:
-        flat = np.asarray(flat)
-        return self.table.fixed_macs + int(self.table.macs[np.arange(len(flat)), flat].sum())
+        return int(self.table.paths_macs(flat))
 
     def sample(self, step: int) -> np.ndarray:
         """The flat int32 path of global step `step` (same for every caller with this seed)."""
         rng = np.random.default_rng([self.seed, int(step)])
         low, high = self.macs_range
-        rows = np.arange(self.space.num_layers)
         drawn = 0
         while drawn < self.max_tries:
             count = min(256, self.max_tries - drawn)
             paths = self._draw(rng, count)
-            macs = self.table.fixed_macs + self.table.macs[rows[None], paths].sum(axis=1)
+            macs = self.table.paths_macs(paths)
             ok = np.flatnonzero((macs >= low) & (macs <= high))
             if ok.size:
                 return paths[ok[0]]
@@ -211,13 +210,8 @@ class Sampler:
             f"max_tries")
 
     def nested(self, flat) -> tuple:
-        """A flat path as per-stage tuples (the `arch` path form)."""
-        flat = [int(i) for i in flat]
-        out, i = [], 0
-        for d in self.space.depth:
-            out.append(tuple(flat[i:i + d]))
-            i += d
-        return tuple(out)
+        """A flat path as per-stage tuples (the `arch` path form): `arch.nested_path`."""
+        return arch_lib.nested_path(flat, self.space)
 
     def __repr__(self):
         return (f"Sampler({self.space.name}, macs_range={self.macs_range}, seed={self.seed})")

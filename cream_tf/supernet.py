@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 
 import keras
-import numpy as np
 import tensorflow as tf
 
 from cream_tf import arch as arch_lib
@@ -371,23 +370,8 @@ def read_values(variables) -> list:
     return [tf.convert_to_tensor(v.value) for v in variables]
 
 
-def nested_path(path, space: Space):
-    """Per-stage lists from per-stage lists, a flat list/array or a tensor (not validated)."""
-    if isinstance(path, (tf.Tensor, tf.Variable)):
-        path = path.numpy()
-    if isinstance(path, np.ndarray):
-        path = path.tolist()
-    path = list(path)
-    if path and all(isinstance(p, (int, np.integer)) for p in path):
-        if len(path) != space.num_layers:
-            raise arch_lib.ArchError(f"a flat path of space {space.name!r} has "
-                                     f"{space.num_layers} op indices, got {len(path)}")
-        nested, i = [], 0
-        for d in space.depth:
-            nested.append(path[i:i + d])
-            i += d
-        return nested
-    return path
+# Per-stage form from either form (not validated); `arch` owns the codec, this was its first home.
+nested_path = arch_lib.nested_path
 
 
 def path_tensor(path, space: Space) -> tf.Tensor:

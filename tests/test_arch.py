@@ -115,3 +115,17 @@ def test_bad_paths():
         arch_lib.validate_path(5, SPACE)
     with pytest.raises(arch_lib.ArchError, match=r"valid: 0 \(MB4 3x3\)"):
         arch_lib.validate_path([[6, 0]] + [[0, 0]] * 4, SPACE)
+
+
+def test_nested_path_inverts_flat_path_from_any_flat_form():
+    space = Space("mbconv", depth=(1, 2, 3, 4, 6), resolution=32, width=0.25, num_classes=10)
+    rng = np.random.default_rng(0)
+    path = tuple(tuple(int(rng.choice(layer.choices)) for layer in space.layers
+                       if layer.stage == s) for s in range(space.num_stages))
+    flat = arch_lib.flat_path(path)
+    for form in (flat, tuple(flat), np.array(flat, np.int32), [np.int64(i) for i in flat]):
+        assert arch_lib.nested_path(form, space) == path
+    assert arch_lib.nested_path(path, space) == path  # per-stage paths pass through
+    assert arch_lib.nested_path([list(s) for s in path], space) == tuple(list(s) for s in path)
+    with pytest.raises(arch_lib.ArchError, match=f"has {space.num_layers} op indices, got 3"):
+        arch_lib.nested_path([0, 0, 0], space)

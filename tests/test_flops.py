@@ -86,3 +86,18 @@ def test_table_rejects_bad_path():
                                    num_classes=10))
     with pytest.raises(arch_lib.ArchError):
         table.path_macs([[9]] * 5)
+
+
+def test_paths_macs_prices_many_flat_paths_as_path_macs_prices_one():
+    space = Space("mbconv_res_conv", depth=2, resolution=32, width=0.25, num_classes=10)
+    table = flops.cost_table(space)
+    rng = np.random.default_rng(0)
+    flats = np.array([[rng.choice(layer.choices) for layer in space.layers] for _ in range(20)])
+    batch = table.paths_macs(flats)
+    assert batch.shape == (20,) and batch.dtype == np.int64
+    for flat, macs in zip(flats, batch):
+        nested = arch_lib.nested_path(flat, space)
+        assert table.path_macs(nested) == table.path_macs(flat) == int(macs)
+        assert table.path_params(flat) == table.path_params(nested)
+    with pytest.raises(arch_lib.ArchError):
+        table.path_macs(flats[0][:-1])
