@@ -469,16 +469,21 @@ def _run_phases(job: Job, config_path: str):
 
 
 def summarize(job: Job, report, seconds: float):
-    from cream_tf import flops, child
+    from cream_tf import arch as arch_lib
+    from cream_tf import flops
 
     arch = job.architecture()
     space = job.space
-    model_profile = flops.profile(child.build(arch, space))
+    # the space's cost table (cached, and what selection counted with) instead of profiling a
+    # newly built child: the same numbers (tests/test_flops.py), without building a network
+    path = arch_lib.arch_to_path(arch, space)
+    table = flops.cost_table(space)
+    macs, params = table.path_macs(path), table.path_params(path)
     retrain = cli.read_json(os.path.join(job.retrain_dir, "result.json"))
     pictures = job.plots(arch)
     summary = {
         "architecture": arch.to_paper(), "blocks": arch.to_blocks(space),
-        "macs": model_profile.macs, "params": model_profile.params,
+        "macs": macs, "params": params,
         "val_accuracy": retrain["val_accuracy"], "test_accuracy": retrain["test_accuracy"],
         "exports": {k: report[k] for k in ("keras", "saved_model", "tflite_fp32", "tflite_int8")},
         "export_accuracy": report["accuracy"], "pictures": pictures,
@@ -490,7 +495,7 @@ def summarize(job: Job, report, seconds: float):
     lines = [
         "", "== summary",
         f"architecture : {summary['architecture']}",
-        f"MACs / params: {model_profile.macs / 1e6:.2f}M / {model_profile.params / 1e6:.3f}M",
+        f"MACs / params: {macs / 1e6:.2f}M / {params / 1e6:.3f}M",
         f"accuracy     : {100 * acc:.2f}% on held-out {held} data "
         f"({job.data()[1].num_classes} classes)",
         f"keras file   : {report['keras']}",
