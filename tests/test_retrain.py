@@ -215,3 +215,38 @@ def test_ema_batch_norm_statistics_follow_the_weight_ema():
     for var, want, raw in zip(model.non_trainable_variables, expected, record.steps[-1]):
         np.testing.assert_allclose(var.numpy(), want, rtol=1e-5)  # the average is in the model
         assert not np.allclose(want, raw)  # and it is not the raw statistics
+
+
+def test_a_stop_in_the_first_epoch_after_a_resume_keeps_the_finished_epochs(tmp_path):
+    """Stopped in epoch 2, resumed there, stopped again in that epoch: the backup still says 1
+    epoch is done (Keras' own counter would say 0 until the epoch ends, and the next run would
+    start over from epoch 1 with mid-epoch weights)."""
+    import signal
+
+    from cream_tf import safety
+
+    x, y = np.ones((8, 4), "float32"), np.zeros(8, "int32")
+
+    class StopAt(keras.callbacks.Callback):
+        def __init__(self, epoch):
+            super().__init__()
+            self.stop_epoch, self.epoch = epoch, None
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+
+        def on_train_batch_end(self, batch, logs=None):
+            if self.epoch == self.stop_epoch and batch == 0:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    def fit_until_stopped(stop_epoch):
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+        model.compile("sgd", "sparse_categorical_crossentropy")
+        backup = retrain.AtomicBackupAndRestore(str(tmp_path / "backup"), double_checkpoint=True)
+        with safety.catch_signals(), pytest.raises(safety.Interrupted, match="in epoch 2"):
+            model.fit(x, y, batch_size=4, epochs=4, verbose=0,
+                      callbacks=[StopAt(stop_epoch), backup])
+        return backup.resumed_epoch()
+
+    assert fit_until_stopped(1) == 1  # stopped in epoch 2 (index 1): one epoch done
+    assert fit_until_stopped(1) == 1  # resumed at epoch 2 and stopped in it again

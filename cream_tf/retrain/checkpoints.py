@@ -79,6 +79,17 @@ class AtomicBackupAndRestore(internals.BackupHook, keras.callbacks.BackupAndRest
     every batch; see `safety.catch_signals`). A run stopped mid-epoch resumes at the start of that
     epoch from the weights it had when stopped (Keras resumes per epoch)."""
 
+    def on_epoch_begin(self, epoch, logs=None):
+        super().on_epoch_begin(epoch, logs)
+        self._epoch_begun = epoch
+
+    def _position(self) -> tuple:
+        """(epoch, batch) to record: Keras' counters, but never before the epoch in progress.
+        Keras restores its epoch counter only at the end of the first epoch after a resume, so a
+        stop inside that epoch would otherwise record epoch 0 and throw the finished ones away."""
+        epoch, batch = internals.backup_position(self)
+        return max(epoch, getattr(self, "_epoch_begun", 0)), batch
+
     def save_backup(self):
         """Keras' backup (the files Keras restores from, `internals.backup_files`), atomic."""
         files = internals.backup_files(self)
@@ -88,7 +99,7 @@ class AtomicBackupAndRestore(internals.BackupHook, keras.callbacks.BackupAndRest
             atomic.copy(files.metadata, files.prev_metadata)
         with atomic.file(files.weights) as tmp:
             self.model.save_weights(tmp, overwrite=True)
-        epoch, batch = internals.backup_position(self)
+        epoch, batch = self._position()
         atomic.write_json(files.metadata, {"epoch": epoch, "batch": batch}, indent=None)
 
     def resumed_epoch(self) -> int:
@@ -104,7 +115,7 @@ class AtomicBackupAndRestore(internals.BackupHook, keras.callbacks.BackupAndRest
         signum = safety.requested()
         if signum is not None:
             self.save_backup()
-            epoch, _ = internals.backup_position(self)
+            epoch, _ = self._position()
             raise safety.Interrupted(
                 signum, f"retraining interrupted by {safety.signal_name(signum)} in epoch "
                         f"{epoch + 1}; backup {self.backup_dir} written. Run the same command "
