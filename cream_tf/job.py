@@ -102,7 +102,7 @@ class Job:
         if self._search_result is not None:
             return self._search_result
         from cream_tf import data as data_lib
-        from cream_tf import trainer
+        from cream_tf import search as search_lib
 
         splits, info = self.data()
         space = self.space
@@ -115,7 +115,7 @@ class Job:
         chief = self.chief
         first = []
 
-        def record(step, logs):  # the trainer has just rewritten board.json when it changed
+        def record(step, logs):  # the search has just rewritten board.json when it changed
             if not first:  # resumed at `step`: drop what a killed run recorded after its checkpoint
                 first.append(step)
                 history[:] = [h for h in history if h["step"] <= step]
@@ -127,8 +127,8 @@ class Job:
         _announce(f"search: {space} on {info.spec}, {config.total_steps} steps of "
                   f"{config.batch_size} images")
         try:
-            result = trainer.search(space, train_ds, val_ds, self.search_dir, config,
-                                    self.strategy, callback=record)
+            result = search_lib.search(space, train_ds, val_ds, self.search_dir, config,
+                                       self.strategy, callback=record)
         except InputError as e:  # bad input found while working; a bug keeps its traceback
             raise cli.UsageError(str(e)) from None
         finally:
@@ -145,18 +145,18 @@ class Job:
     def trained_search(self):
         """The search's supernet and board: the one this run just trained, or its checkpoint.
 
-        Loaded without a trainer, so selecting never resumes a search by accident; a search
+        Loaded without training, so selecting never resumes a search by accident; a search
         with steps left is a usage error unless --use_unfinished_search.
         """
         if self._search_result is not None:
             return self._search_result
-        from cream_tf import trainer
+        from cream_tf import search as search_lib
 
         space = self.space
         try:
-            return trainer.load_search(space, self.search_dir, self.search_config(),
-                                       allow_unfinished=self.s.use_unfinished_search)
-        except trainer.UnfinishedSearch as e:
+            return search_lib.load_search(space, self.search_dir, self.search_config(),
+                                          allow_unfinished=self.s.use_unfinished_search)
+        except search_lib.UnfinishedSearch as e:
             raise cli.UsageError(f"{e} (--mode=search finishes it; --use_unfinished_search "
                                  f"selects from it as it is)") from None
 
