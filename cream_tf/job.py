@@ -16,6 +16,7 @@ import time
 from cream_tf import cli
 from cream_tf import settings as settings_lib
 from cream_tf.errors import InputError
+from cream_tf.run_identity import RunIdentity
 from cream_tf.settings import Settings
 from cream_tf.workdir_lock import LOCK_FILE, WorkdirBusy, WorkdirLock
 
@@ -23,24 +24,28 @@ CONFIG_FILE = "run_config.json"
 SEARCH_KEYS = settings_lib.SEARCH_KEYS  # job.SEARCH_KEYS: their first home
 
 
+def run_identity(settings: Settings) -> RunIdentity:
+    """The run's identity as run_config.json records it: the search settings, named by flag."""
+    return RunIdentity(settings.workdir, CONFIG_FILE, settings.search_identity(), noun="run",
+                       name=lambda key: f"--{key}")
+
+
 def check_workdir(settings: Settings) -> str:
     """A workdir holds one run: refuse a non-empty folder of something else, or of a run with
     different search settings. Writes nothing."""
     workdir = settings.workdir
-    config_path = os.path.join(workdir, CONFIG_FILE)
+    identity = run_identity(settings)
     if os.path.isfile(workdir):
         raise cli.UsageError(f"--workdir {workdir!r} is a file; give a folder")
-    if os.path.exists(config_path):
-        saved, now = cli.read_json(config_path), settings.search_identity()
-        diff = [k for k in SEARCH_KEYS if saved.get(k) != now[k]]
-        if diff:
-            changes = ", ".join(f"--{k} ({saved.get(k)!r} there, {now[k]!r} now)" for k in diff)
-            raise cli.UsageError(f"--workdir {workdir!r} holds a run with other settings: "
-                                 f"{changes}; use a new --workdir or the same settings")
+    if os.path.exists(identity.path):
+        try:
+            identity.check()
+        except InputError as e:
+            raise cli.UsageError(str(e)) from None
     elif os.path.isdir(workdir) and set(os.listdir(workdir)) - {LOCK_FILE}:
         raise cli.UsageError(f"--workdir {workdir!r} is not empty and holds no cream_tf run "
                              f"({CONFIG_FILE} missing); give a new or empty folder")
-    return config_path
+    return identity.path
 
 
 class Job:
@@ -442,7 +447,7 @@ def run(settings: Settings):
 def _run_phases(job: Job, config_path: str):
     mode = job.s.mode
     if job.chief and not os.path.exists(config_path):
-        cli.write_json(config_path, job.s.search_identity())
+        run_identity(job.s).write()
     started = time.time()
     if mode == "tune":
         return job.tune()

@@ -10,7 +10,6 @@ cleanly on a signal or a run of non-finite steps (`safety`), and lets only the c
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 import tempfile
@@ -27,7 +26,7 @@ from cream_tf.search import workers
 from cream_tf.search.config import SearchConfig
 from cream_tf.search.progress import SHOWN, scalar, shown
 from cream_tf.search.step import SearchState, StepFunctions
-from cream_tf.search.workdir import SIGNATURE_FILE, check_signature, latest_checkpoint
+from cream_tf.search.workdir import check_signature, latest_checkpoint, write_signature
 from cream_tf.space import Space
 from cream_tf.supernet import SuperNet
 
@@ -114,8 +113,7 @@ def search(space: Space, train_ds: tf.data.Dataset, val_ds: tf.data.Dataset, wor
                          "step that applies gradients under a multi-replica strategy)")
     chief, task_id = workers.role(strategy)
 
-    signature = check_signature(workdir, space, config)
-    sig_path = os.path.join(workdir, SIGNATURE_FILE)
+    check_signature(workdir, space, config)
     # Read (and check) the checkpoint before anything is built or written: a corrupted one
     # leaves the workdir exactly as it was.
     latest = latest_checkpoint(workdir)
@@ -154,9 +152,7 @@ def search(space: Space, train_ds: tf.data.Dataset, val_ds: tf.data.Dataset, wor
                                 config.total_steps, {}, {"step": 0})
     if chief:
         os.makedirs(workdir, exist_ok=True)
-        atomic.write_text(sig_path, json.dumps({"signature": signature,
-                                                "config": config.to_dict()},
-                                               indent=2, default=str))
+        write_signature(workdir, space, config)
 
     steps = StepFunctions(state)
     writer = tf.summary.create_file_writer(os.path.join(workdir, "logs")) if chief else None

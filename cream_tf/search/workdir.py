@@ -2,7 +2,7 @@
 
   search.json    the search's identity (`signature`: space, seed, batch, steps, board settings)
                  and its whole config; a search or `load_search` with another identity is
-                 refused, so a workdir never mixes two searches.
+                 refused (`run_identity.RunIdentity`), so a workdir never mixes two searches.
   checkpoints/   `tf.train.Checkpoint`s of everything a resumed search needs (written by
                  `loop.search`); `latest_checkpoint` finds and verifies the newest.
   board.json     the board, rewritten whenever it changes.
@@ -20,13 +20,13 @@ import tensorflow as tf
 
 from cream_tf import safety
 from cream_tf.board import Board
-from cream_tf.errors import InputError
+from cream_tf.run_identity import RunIdentity
 from cream_tf.search.config import SearchConfig
 from cream_tf.space import Space
 from cream_tf.supernet import SuperNet
 
 __all__ = ["SIGNATURE_FILE", "TrainedSearch", "UnfinishedSearch", "check_signature",
-           "latest_checkpoint", "load_search", "signature"]
+           "identity", "latest_checkpoint", "load_search", "signature", "write_signature"]
 
 SIGNATURE_FILE = "search.json"
 
@@ -42,20 +42,21 @@ def signature(space: Space, config: SearchConfig) -> dict:
     return json.loads(json.dumps(values))  # the form it takes after a JSON round trip
 
 
+def identity(workdir: str, space: Space, config: SearchConfig) -> RunIdentity:
+    """The search's identity as search.json records it (under "signature")."""
+    return RunIdentity(workdir, SIGNATURE_FILE, signature(space, config), noun="search",
+                       field="signature")
+
+
 def check_signature(workdir: str, space: Space, config: SearchConfig) -> dict:
-    """The search's signature; raises if `workdir` holds a search with another one."""
-    signature_now = signature(space, config)
-    sig_path = os.path.join(workdir, SIGNATURE_FILE)
-    if os.path.exists(sig_path):
-        with open(sig_path) as f:
-            saved = json.load(f)
-        old = saved.get("signature", {})
-        diff = sorted(k for k in set(old) | set(signature_now)
-                      if old.get(k) != signature_now.get(k))
-        if diff:
-            raise InputError(f"workdir {workdir!r} holds a different search (differs in "
-                             f"{', '.join(diff)}); use a new workdir or the same settings")
-    return signature_now
+    """The search's signature; raises `InputError` if `workdir` holds a search with another one,
+    naming each differing setting."""
+    return identity(workdir, space, config).check()
+
+
+def write_signature(workdir: str, space: Space, config: SearchConfig) -> str:
+    """Writes search.json: the signature and the whole config (atomically)."""
+    return identity(workdir, space, config).write(config=config.to_dict())
 
 
 def latest_checkpoint(workdir: str):
