@@ -9,9 +9,9 @@ import importlib
 __version__ = "0.1.0"
 
 _MODULES = ("arch", "atomic", "blocks", "board", "child", "cli", "data", "errors", "export",
-            "flops", "internals", "job", "matching", "plots", "retrain", "run_flags", "safety",
-            "sampler", "select", "settings", "space", "supernet", "torch_weights", "trainer",
-            "tuner", "workdir_lock", "zoo")
+            "flops", "internals", "job", "matching", "plots", "retrain", "run_flags",
+            "run_identity", "safety", "sampler", "search", "select", "settings", "space",
+            "supernet", "torch_weights", "trainer", "tuner", "workdir_lock", "zoo")
 _NAMES = {"Arch": "arch", "ArchError": "arch", "InputError": "errors", "Space": "space"}
 
 __all__ = list(_MODULES) + list(_NAMES)

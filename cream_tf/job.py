@@ -16,6 +16,7 @@ import time
 from cream_tf import cli
 from cream_tf import settings as settings_lib
 from cream_tf.errors import InputError
+from cream_tf.run_identity import RunIdentity
 from cream_tf.settings import Settings
 from cream_tf.workdir_lock import LOCK_FILE, WorkdirBusy, WorkdirLock
 
@@ -23,24 +24,28 @@ CONFIG_FILE = "run_config.json"
 SEARCH_KEYS = settings_lib.SEARCH_KEYS  # job.SEARCH_KEYS: their first home
 
 
+def run_identity(settings: Settings) -> RunIdentity:
+    """The run's identity as run_config.json records it: the search settings, named by flag."""
+    return RunIdentity(settings.workdir, CONFIG_FILE, settings.search_identity(), noun="run",
+                       name=lambda key: f"--{key}")
+
+
 def check_workdir(settings: Settings) -> str:
     """A workdir holds one run: refuse a non-empty folder of something else, or of a run with
     different search settings. Writes nothing."""
     workdir = settings.workdir
-    config_path = os.path.join(workdir, CONFIG_FILE)
+    identity = run_identity(settings)
     if os.path.isfile(workdir):
         raise cli.UsageError(f"--workdir {workdir!r} is a file; give a folder")
-    if os.path.exists(config_path):
-        saved, now = cli.read_json(config_path), settings.search_identity()
-        diff = [k for k in SEARCH_KEYS if saved.get(k) != now[k]]
-        if diff:
-            changes = ", ".join(f"--{k} ({saved.get(k)!r} there, {now[k]!r} now)" for k in diff)
-            raise cli.UsageError(f"--workdir {workdir!r} holds a run with other settings: "
-                                 f"{changes}; use a new --workdir or the same settings")
+    if os.path.exists(identity.path):
+        try:
+            identity.check()
+        except InputError as e:
+            raise cli.UsageError(str(e)) from None
     elif os.path.isdir(workdir) and set(os.listdir(workdir)) - {LOCK_FILE}:
         raise cli.UsageError(f"--workdir {workdir!r} is not empty and holds no cream_tf run "
                              f"({CONFIG_FILE} missing); give a new or empty folder")
-    return config_path
+    return identity.path
 
 
 class Job:
@@ -102,7 +107,7 @@ class Job:
         if self._search_result is not None:
             return self._search_result
         from cream_tf import data as data_lib
-        from cream_tf import trainer
+        from cream_tf import search as search_lib
 
         splits, info = self.data()
         space = self.space
@@ -115,7 +120,7 @@ class Job:
         chief = self.chief
         first = []
 
-        def record(step, logs):  # the trainer has just rewritten board.json when it changed
+        def record(step, logs):  # the search has just rewritten board.json when it changed
             if not first:  # resumed at `step`: drop what a killed run recorded after its checkpoint
                 first.append(step)
                 history[:] = [h for h in history if h["step"] <= step]
@@ -127,8 +132,8 @@ class Job:
         _announce(f"search: {space} on {info.spec}, {config.total_steps} steps of "
                   f"{config.batch_size} images")
         try:
-            result = trainer.search(space, train_ds, val_ds, self.search_dir, config,
-                                    self.strategy, callback=record)
+            result = search_lib.search(space, train_ds, val_ds, self.search_dir, config,
+                                       self.strategy, callback=record)
         except InputError as e:  # bad input found while working; a bug keeps its traceback
             raise cli.UsageError(str(e)) from None
         finally:
@@ -145,18 +150,18 @@ class Job:
     def trained_search(self):
         """The search's supernet and board: the one this run just trained, or its checkpoint.
 
-        Loaded without a trainer, so selecting never resumes a search by accident; a search
+        Loaded without training, so selecting never resumes a search by accident; a search
         with steps left is a usage error unless --use_unfinished_search.
         """
         if self._search_result is not None:
             return self._search_result
-        from cream_tf import trainer
+        from cream_tf import search as search_lib
 
         space = self.space
         try:
-            return trainer.load_search(space, self.search_dir, self.search_config(),
-                                       allow_unfinished=self.s.use_unfinished_search)
-        except trainer.UnfinishedSearch as e:
+            return search_lib.load_search(space, self.search_dir, self.search_config(),
+                                          allow_unfinished=self.s.use_unfinished_search)
+        except search_lib.UnfinishedSearch as e:
             raise cli.UsageError(f"{e} (--mode=search finishes it; --use_unfinished_search "
                                  f"selects from it as it is)") from None
 
@@ -442,7 +447,7 @@ def run(settings: Settings):
 def _run_phases(job: Job, config_path: str):
     mode = job.s.mode
     if job.chief and not os.path.exists(config_path):
-        cli.write_json(config_path, job.s.search_identity())
+        run_identity(job.s).write()
     started = time.time()
     if mode == "tune":
         return job.tune()

@@ -115,13 +115,13 @@ class Settings:
     def search_config(self, train_examples: Optional[int] = None):
         """The search's `SearchConfig`; epochs are `train_examples // batch_size` steps unless
         --steps_per_epoch is set (1 when neither is known yet, to check the other fields)."""
-        from cream_tf import trainer
+        from cream_tf.search.config import SearchConfig
 
         steps = self.steps_per_epoch or (max(1, train_examples // self.batch_size)
                                          if train_examples else 1)
         low, high = self.macs_range
         with _as_flags(self, SEARCH_FLAGS):
-            return trainer.SearchConfig(
+            return SearchConfig(
                 epochs=self.search_epochs, steps_per_epoch=steps,
                 warmup_epochs=self.warmup_epochs, batch_size=self.batch_size,
                 learning_rate=self.lr * self.batch_size / 1024,

@@ -20,9 +20,9 @@ def main():
     sys.argv = [os.path.join(ROOT, "run.py")] + sys.argv[4:]
     if at_step:
         if phase == "search":
-            from cream_tf import trainer
+            from cream_tf import search as search_lib  # what the pipeline calls
 
-            original = trainer.search
+            original = search_lib.search
 
             def search(*args, callback=None, **kwargs):
                 def hook(step, logs):
@@ -33,7 +33,7 @@ def main():
 
                 return original(*args, callback=hook, **kwargs)
 
-            trainer.search = search
+            search_lib.search = search
         else:
             from cream_tf import retrain as retrain_lib
 

@@ -71,15 +71,15 @@ def error_lines(result):
 # SIGKILL (no clean-up runs) once search step 7 is done: its checkpoint at 4 is the newest.
 KILL_AT_STEP_7 = """
 import os, signal
-from cream_tf import trainer
-_search = trainer.search
+from cream_tf import search as search_lib
+_search = search_lib.search
 def search(*args, callback=None, **kwargs):
     def hook(step, logs):
         callback(step, logs)
         if step + 1 == 7:
             os.kill(os.getpid(), signal.SIGKILL)
     return _search(*args, callback=hook, **kwargs)
-trainer.search = search
+search_lib.search = search
 """
 
 

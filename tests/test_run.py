@@ -129,7 +129,7 @@ def test_shipped_flag_files_parse(name, tmp_path):
 def test_a_library_bug_keeps_its_traceback(tmp_path):
     """Only bad input becomes a one-line usage error: a ValueError from inside a phase (here
     a stand-in for a bug in the search) ends the run with its traceback, exit code 1."""
-    prelude = ("import cream_tf.trainer as t\n"
+    prelude = ("import cream_tf.search as t\n"
                "def broken(*args, **kwargs):\n"
                "    raise ValueError('a bug inside the search')\n"
                "t.search = broken\n")

@@ -258,8 +258,9 @@ def test_resume_continues_exactly(tmp_path):
     assert full.last_logs["loss"] == resumed.last_logs["loss"]
     with open(tmp_path / "cut" / "board.json") as f:
         assert len(json.load(f)) == int(resumed.board.size.numpy())
-    # a different search in the same workdir is refused
-    with pytest.raises(ValueError, match="different search"):
+    # a different search in the same workdir is refused, naming what differs
+    with pytest.raises(ValueError, match=r"holds a search with other settings: seed \(\d+ there, "
+                                         r"12 now\)"):
         trainer.search(TINY, *_datasets(train, held_out), str(tmp_path / "cut"),
                        trainer.SearchConfig(**{**config.to_dict(), "seed": 12}))
 
