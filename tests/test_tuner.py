@@ -341,7 +341,8 @@ def test_tune_runs_writes_json_and_resumes(tmp_path, monkeypatch):
     again = tuner.tune(TUNE_SPACE, train, val, workdir, max_trials=2, **kwargs)
     assert len(fits) == 3 and again.best == result.best
     # Other settings in the same workdir are refused, naming what changed.
-    with pytest.raises(ValueError, match="epochs_per_trial: 1 then, 2 now"):
+    with pytest.raises(ValueError, match=r"holds a tuning run with other settings: "
+                                         r"epochs_per_trial \(1 there, 2 now\)"):
         tuner.tune(TUNE_SPACE, train, val, workdir, max_trials=3,
                    **dict(kwargs, epochs_per_trial=2))
 

@@ -6,7 +6,6 @@ a rerun with the same settings resumes the keras-tuner project, other settings a
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 
@@ -19,7 +18,7 @@ from cream_tf import arch as arch_lib
 from cream_tf import flops
 from cream_tf import internals
 from cream_tf.cli import write_json
-from cream_tf.errors import InputError
+from cream_tf.run_identity import RunIdentity
 from cream_tf.space import Space
 from cream_tf.tuner.hyperparameters import path_from_hyperparameters
 from cream_tf.tuner.hypermodel import OBJECTIVE, CreamHyperModel
@@ -213,18 +212,12 @@ def tune(space: Space, train_ds, val_ds, workdir: str, max_trials: int = 20,
               "optimizer": optimizer, "learning_rate": learning_rate,
               "weight_decay": weight_decay, "label_smoothing": label_smoothing,
               "dropout": dropout}
-    config_path = os.path.join(workdir, CONFIG_FILE)
-    project_dir = os.path.join(workdir, PROJECT_NAME)
-    if not overwrite and os.path.exists(config_path) and os.path.isdir(project_dir):
-        with open(config_path) as f:
-            saved = json.load(f)
-        changed = sorted(k for k in set(saved) | set(config) if saved.get(k) != config.get(k))
-        if changed:
-            raise InputError(
-                f"{workdir} holds a tuning run with other settings ("
-                + "; ".join(f"{k}: {saved.get(k)!r} then, {config.get(k)!r} now" for k in changed)
-                + "); use the same settings to resume, another workdir, or overwrite=True")
-    write_json(config_path, config)
+    identity = RunIdentity(workdir, CONFIG_FILE, config, noun="tuning run",
+                           remedy="use the same settings to resume, another workdir, or "
+                                  "overwrite=True")
+    if not overwrite and os.path.isdir(os.path.join(workdir, PROJECT_NAME)):
+        identity.check()
+    identity.write()
     results_path = os.path.join(workdir, RESULTS_FILE)
     if overwrite and os.path.exists(results_path):
         os.remove(results_path)  # a fresh run must not show the old run's results
