@@ -223,6 +223,8 @@ class Job:
         try:
             result = retrain_lib.retrain(arch, space, splits, info, workdir, config,
                                          self.strategy)
+        except InputError as e:  # e.g. retrain/ holds another architecture's retraining
+            raise cli.UsageError(_retrain_remedy(str(e), self.retrain_dir)) from None
         finally:
             if scratch:
                 shutil.rmtree(scratch, ignore_errors=True)
@@ -231,6 +233,15 @@ class Job:
                 "test_accuracy": result.test_accuracy, "final": result.final_path,
                 "best": result.best_path}
 
+    def check_retrained(self):
+        """A finished retraining in this workdir is of the architecture this run exports."""
+        from cream_tf import retrain as retrain_lib
+
+        try:
+            retrain_lib.retrain_identity(self.architecture(), self.space, self.retrain_dir).check()
+        except InputError as e:
+            raise cli.UsageError(_retrain_remedy(str(e), self.retrain_dir)) from None
+
     def trained_model(self):
         """The retrained network (EMA weights when on), retraining first if needed."""
         import keras
@@ -238,6 +249,8 @@ class Job:
         final = os.path.join(self.retrain_dir, "final.keras")
         if not os.path.exists(final):
             self.retrain()
+        else:
+            self.check_retrained()
         return keras.models.load_model(final, compile=False)
 
     def export(self):
@@ -368,6 +381,13 @@ class _ExportProgress:
             os.remove(self.path)
 
 
+def _retrain_remedy(message: str, retrain_dir: str) -> str:
+    """The retraining's refusal in run.py's terms (run.py has no overwrite for it)."""
+    return message.replace("or pass overwrite=True to replace it",
+                           f"or delete {retrain_dir} to retrain (--arch or the selection "
+                           f"changed since)")
+
+
 def _model_source(model_path: str) -> dict:
     """Which model file an export came from (path, size, mtime): a retrained model is another."""
     stat = os.stat(model_path)
@@ -459,6 +479,8 @@ def _run_phases(job: Job, config_path: str):
     if mode in ("retrain", "all"):
         if mode == "retrain" or not os.path.exists(os.path.join(job.retrain_dir, "result.json")):
             job.retrain()
+        else:
+            job.check_retrained()
     report = None
     report_path = os.path.join(job.export_dir, "export_report.json")
     if not job.chief:  # exports, plots and the summary are the chief's alone

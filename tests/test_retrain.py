@@ -250,3 +250,17 @@ def test_a_stop_in_the_first_epoch_after_a_resume_keeps_the_finished_epochs(tmp_
 
     assert fit_until_stopped(1) == 1  # stopped in epoch 2 (index 1): one epoch done
     assert fit_until_stopped(1) == 1  # resumed at epoch 2 and stopped in it again
+
+
+def test_a_workdir_retrains_one_architecture(tmp_path):
+    """run.json records the network: the same one passes, another is refused naming both."""
+    small = Space("mbconv", depth=1, resolution=32, width=0.25, num_classes=10)
+    first = retrain.retrain_identity([[0], [0], [0], [0], [0]], small, str(tmp_path))
+    first.check()  # nothing recorded yet
+    first.write()
+    same = retrain.retrain_identity(first.identity["architecture"], small, str(tmp_path))
+    assert same.check() == first.identity  # the same network as a string
+    other = retrain.retrain_identity([[1], [0], [0], [0], [0]], small, str(tmp_path))
+    with pytest.raises(ValueError, match=r"holds a retraining with other settings: "
+                                         r"architecture \('DS \| MB4 3x3.*there, .* now\)"):
+        other.check()

@@ -16,6 +16,8 @@ Files in `workdir` (a rerun with the same workdir resumes; nothing is left half-
   history.json   per-epoch logs over all runs.
   result.json    accuracies of the finished run; while it and final.keras exist, `retrain`
                  returns them instead of training again (pass overwrite=True to retrain anew).
+  run.json       the network this workdir retrains (architecture and input settings): a rerun
+                 with another one is refused (`cream_tf.run_identity`), not resumed.
 Both .keras files hold built-in layers only and no optimizer: `keras.saving.load_model` reads
 them without cream_tf.
 
@@ -28,10 +30,11 @@ from cream_tf.retrain.bn_statistics import (EmaBatchNormStatistics, SyncReplicaS
 from cream_tf.retrain.checkpoints import (AtomicBackupAndRestore, BestModelCheckpoint,
                                           save_model_atomic)
 from cream_tf.retrain.config import RetrainConfig
-from cream_tf.retrain.loop import RetrainResult, retrain
+from cream_tf.retrain.loop import RetrainResult, retrain, retrain_identity
 from cream_tf.retrain.optimizer import RMSpropTF
 from cream_tf.retrain.schedule import learning_rate_schedule
 
 __all__ = ["RetrainConfig", "RetrainResult", "RMSpropTF", "BestModelCheckpoint", "retrain",
            "learning_rate_schedule", "save_model_atomic", "sync_replica_statistics",
-           "SyncReplicaStatistics", "EmaBatchNormStatistics", "AtomicBackupAndRestore"]
+           "SyncReplicaStatistics", "EmaBatchNormStatistics", "AtomicBackupAndRestore",
+           "retrain_identity"]

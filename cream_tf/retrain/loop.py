@@ -10,6 +10,7 @@ from typing import Optional, Sequence
 import keras
 import tensorflow as tf
 
+from cream_tf import arch as arch_lib
 from cream_tf import atomic
 from cream_tf import child
 from cream_tf import data as data_lib
@@ -21,9 +22,12 @@ from cream_tf.retrain.checkpoints import (AtomicBackupAndRestore, BestModelCheck
 from cream_tf.retrain.config import RetrainConfig
 from cream_tf.retrain.optimizer import RMSpropTF
 from cream_tf.retrain.schedule import learning_rate_schedule
+from cream_tf.run_identity import RunIdentity
 from cream_tf.space import Space
 
-__all__ = ["RetrainResult", "retrain"]
+__all__ = ["RetrainResult", "retrain", "retrain_identity", "IDENTITY_FILE"]
+
+IDENTITY_FILE = "run.json"
 
 
 @dataclasses.dataclass
@@ -38,6 +42,22 @@ class RetrainResult:
     best_val_accuracy: Optional[float]
     best_path: str
     final_path: str
+
+
+def retrain_identity(architecture, space: Space, workdir: str) -> RunIdentity:
+    """The network a retraining workdir holds (`run.json`): a finished run or a backup of
+    another architecture must not be returned or resumed as this one's."""
+    if isinstance(architecture, (arch_lib.Arch, str)):
+        arch = arch_lib.parse(architecture, space)
+    else:
+        arch = arch_lib.path_to_arch(architecture, space)
+    return RunIdentity(
+        workdir, IDENTITY_FILE,
+        {"architecture": arch.to_paper(), "layout": space.layout,
+         "resolution": space.resolution, "width": space.width,
+         "num_classes": space.num_classes},
+        noun="retraining", remedy="retrain in a new workdir, or pass overwrite=True to "
+                                  "replace it")
 
 
 def retrain(architecture, space: Space, splits: data_lib.Splits, info: data_lib.DatasetInfo,
@@ -71,6 +91,9 @@ def retrain(architecture, space: Space, splits: data_lib.Splits, info: data_lib.
     final_path = os.path.join(workdir, "final.keras")
     result_path = os.path.join(workdir, "result.json")
     history = HistoryLog(os.path.join(workdir, "history.json"))
+    identity = retrain_identity(architecture, space, workdir)
+    if not overwrite:
+        identity.check()
     if not overwrite and os.path.exists(result_path) and os.path.exists(final_path):
         with open(result_path) as f:
             stored = json.load(f)
@@ -88,6 +111,8 @@ def retrain(architecture, space: Space, splits: data_lib.Splits, info: data_lib.
         for path in (result_path, best_path + ".json", history.path):
             if os.path.exists(path):
                 os.remove(path)
+    if identity.saved() != identity.identity:
+        identity.write()
     resolution = space.resolution
     n_train = info.split_sizes.get("train")
     steps = config.steps_per_epoch
