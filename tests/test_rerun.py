@@ -188,3 +188,24 @@ def test_half_finished_workdir_select_refuses_in_one_line_and_all_finishes(finis
     # checkpoint (steps 5 to 7) was dropped when the search resumed from step 4
     steps = [h["step"] for h in read(finished.pristine / "search" / "board_history.json")]
     assert steps and steps == sorted(set(steps)) and steps[-1] <= 12, steps
+
+
+def test_tune_rerun_trains_nothing_and_rewrites_nothing_of_ours(workdir):
+    """--mode=tune: a rerun of a finished tuning run (its trials spent) trains no trial, and the
+    files cream_tf writes (tune_config.json, tune_results.json) stay as they were; keras-tuner's
+    own project files under tune/cream_tuner/ are its to rewrite."""
+    base, path = workdir
+    args = [f"--workdir={path}", *FLAGS, "--mode=tune", "--tune_trials=1", "--tune_epochs=1"]
+    first = run(args, base)
+    assert first.returncode == 0, first.stderr[-4000:]
+    ours = {p: v for p, v in snapshot(path).items() if p.startswith("tune/") and
+            not p.startswith("tune/cream_tuner/")}
+    assert {"tune/tune_config.json", "tune/tune_results.json"} <= set(ours), sorted(ours)
+    trained = read(path / "tune" / "tune_results.json")["trials"]
+    again = run(args, base)
+    assert again.returncode == 0, again.stderr[-4000:]
+    after = {p: v for p, v in snapshot(path).items() if p in ours}
+    assert after == ours
+    assert read(path / "tune" / "tune_results.json")["trials"] == trained
+    assert "Running Trial #1" in first.stdout
+    assert "Running Trial" not in again.stdout  # no trial trained

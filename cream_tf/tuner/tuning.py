@@ -6,6 +6,7 @@ a rerun with the same settings resumes the keras-tuner project, other settings a
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 
@@ -17,7 +18,7 @@ import tensorflow as tf
 from cream_tf import arch as arch_lib
 from cream_tf import flops
 from cream_tf import internals
-from cream_tf.cli import write_json
+from cream_tf.cli import read_json, write_json
 from cream_tf.run_identity import RunIdentity
 from cream_tf.space import Space
 from cream_tf.tuner.hyperparameters import path_from_hyperparameters
@@ -79,6 +80,14 @@ def _trial_results(oracle, space: Space) -> list:
     return results
 
 
+def _holds(path: str, data) -> bool:
+    """Whether the JSON file at `path` already holds `data`."""
+    try:
+        return read_json(path) == json.loads(json.dumps(data))
+    except (OSError, ValueError):
+        return False
+
+
 def _space_json(space: Space) -> dict:
     return {"name": space.name, "layout": space.layout, "depth": list(space.depth),
             "resolution": space.resolution, "width": space.width,
@@ -120,7 +129,8 @@ class CreamTuner(internals.TunerHooks, kt.Tuner):
             "best": result.best.to_json() if result.best else None,
             "trials": [dict(rank=i + 1, **r.to_json()) for i, r in enumerate(result.trials)],
         }
-        write_json(self.results_path, data)
+        if not _holds(self.results_path, data):  # a rerun that trained nothing writes nothing
+            write_json(self.results_path, data)
         return result
 
 
@@ -217,7 +227,8 @@ def tune(space: Space, train_ds, val_ds, workdir: str, max_trials: int = 20,
                                   "overwrite=True")
     if not overwrite and os.path.isdir(os.path.join(workdir, PROJECT_NAME)):
         identity.check()
-    identity.write()
+    if identity.saved() != identity.identity:  # a rerun of the same run writes nothing
+        identity.write()
     results_path = os.path.join(workdir, RESULTS_FILE)
     if overwrite and os.path.exists(results_path):
         os.remove(results_path)  # a fresh run must not show the old run's results
