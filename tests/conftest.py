@@ -83,3 +83,14 @@ def settings(**flag_values):
 
     with flagsaver.flagsaver(**{**TINY_FLAGS, **flag_values}):
         return Settings.from_flags()
+
+
+class EpochsBegun(keras.callbacks.Callback):
+    """Records the epochs a fit starts (0-based): which ones a resumed fit ran again."""
+
+    def __init__(self):
+        super().__init__()
+        self.started = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.started.append(epoch)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from conftest import EpochsBegun
 from cream_tf import internals
 
 CHECKED = "checked on TF 2.21.0, Keras 3.15.1, keras-tuner 1.4.8, torch 2.13.0"
@@ -201,15 +202,6 @@ def _tiny_model():
     return model
 
 
-class _EpochLog(keras.callbacks.Callback):
-    def __init__(self):
-        super().__init__()
-        self.epochs = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epochs.append(epoch)
-
-
 class _RecordingBackup(internals.BackupHook, keras.callbacks.BackupAndRestore):
     def save_backup(self):
         self.saved = getattr(self, "saved", []) + [internals.backup_position(self)]
@@ -238,12 +230,12 @@ def test_backup_hook_files_and_position_are_what_keras_writes_and_restores(tmp_p
     # what a replacement save writes at these paths is what Keras restores from
     with open(files.metadata, "w") as f:
         json.dump({"epoch": 1, "batch": 0}, f)
-    log = _EpochLog()
+    log = EpochsBegun()
     again = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))
     assert internals.backup_files(again) == files
     _tiny_model().fit(x, y, batch_size=2, epochs=3, callbacks=[again, log], verbose=0)
-    assert log.epochs == [1, 2], _message(
-        "BackupAndRestore restore", f"resumed at epochs {log.epochs}, not from the metadata "
+    assert log.started == [1, 2], _message(
+        "BackupAndRestore restore", f"resumed at epochs {log.started}, not from the metadata "
                                     f"written at {files.metadata}")
 
 

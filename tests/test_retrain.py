@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from cream_tf import data, retrain
 from cream_tf.space import Space
-from conftest import mirrored
+from conftest import EpochsBegun, mirrored
 
 RES = 32
 PATH = [[0]] * 5  # one MB4 3x3 block per stage
@@ -143,15 +143,6 @@ class _Crash(keras.callbacks.Callback):
             raise RuntimeError("simulated crash")
 
 
-class _Epochs(keras.callbacks.Callback):
-    def __init__(self):
-        super().__init__()
-        self.started = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.started.append(epoch)
-
-
 @pytest.mark.slow  # ~55 s: two fits
 def test_rerun_after_crash_resumes_from_backup(digits, space, tmp_path):
     splits, info = digits
@@ -162,14 +153,14 @@ def test_rerun_after_crash_resumes_from_backup(digits, space, tmp_path):
     assert os.path.exists(os.path.join(workdir, "backup", "latest.weights.h5"))
     with open(os.path.join(workdir, "history.json")) as f:
         assert [e["epoch"] for e in json.load(f)] == [1, 2]
-    epochs = _Epochs()
+    epochs = EpochsBegun()
     result = retrain.retrain(PATH, space, splits, info, workdir, config, callbacks=[epochs])
     assert epochs.started == [2]  # only the third epoch ran again
     assert int(result.model.optimizer.iterations.numpy()) == 3 * 3  # optimizer state restored
     assert result.history["epoch"] == [1, 2, 3]
     assert os.path.exists(result.final_path)
     # a finished run is returned as it is, not trained again
-    epochs = _Epochs()
+    epochs = EpochsBegun()
     again = retrain.retrain(PATH, space, splits, info, workdir, config, callbacks=[epochs])
     assert epochs.started == [] and again.val_accuracy == result.val_accuracy
     assert again.test_accuracy == result.test_accuracy and again.history == result.history
