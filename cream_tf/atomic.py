@@ -16,7 +16,8 @@ import shutil
 import uuid
 from typing import Iterator
 
-__all__ = ["file", "folder", "write_text", "write_bytes", "write_json", "copy"]
+__all__ = ["file", "folder", "write_text", "write_bytes", "write_json", "write_json_if_changed",
+           "copy"]
 
 
 def _temporary_sibling(path: str) -> str:
@@ -81,6 +82,20 @@ def write_text(path, text: str) -> str:
 def write_json(path, value, indent=2, **dumps_kwargs) -> str:
     """`value` as JSON (with a final newline); `dumps_kwargs` go to `json.dumps`."""
     return write_text(path, json.dumps(value, indent=indent, **dumps_kwargs) + "\n")
+
+
+def write_json_if_changed(path, value, indent=2, **dumps_kwargs) -> bool:
+    """`write_json` unless `path` already holds `value` (compared as JSON values), so a rerun
+    that changes nothing leaves the file, its mtime included, as it was. Returns whether it
+    wrote."""
+    try:
+        with open(path) as f:
+            if json.load(f) == json.loads(json.dumps(value, **dumps_kwargs)):
+                return False
+    except (OSError, ValueError):
+        pass
+    write_json(path, value, indent=indent, **dumps_kwargs)
+    return True
 
 
 def copy(src, dst) -> str:

@@ -441,7 +441,7 @@ def run(settings: Settings):
     warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")
     if settings.mode == "profile":
         return profile(settings)
-    config_path = check_workdir(settings)
+    check_workdir(settings)
     job = Job(settings)
     # before any other TensorFlow op: multi-worker collectives are configured at start-up
     job.strategy  # noqa: B018
@@ -459,14 +459,14 @@ def run(settings: Settings):
         except WorkdirBusy as e:
             raise cli.UsageError(str(e)) from None
     try:
-        return _run_phases(job, config_path)
+        return _run_phases(job)
     finally:
         lock.release()
 
 
-def _run_phases(job: Job, config_path: str):
+def _run_phases(job: Job):
     mode = job.s.mode
-    if job.chief and not os.path.exists(config_path):
+    if job.chief:  # check_workdir refused another run's identity; this one is kept as it is
         run_identity(job.s).write()
     started = time.time()
     if mode == "tune":

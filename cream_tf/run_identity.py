@@ -85,9 +85,10 @@ class RunIdentity:
         return self.identity
 
     def write(self, **extra) -> str:
-        """Records the identity (atomically); `extra` are more fields next to it (needs
-        `field`), e.g. search.json's whole config."""
+        """Records the identity (atomically; a file that already holds it is left as it is);
+        `extra` are more fields next to it (needs `field`), e.g. search.json's whole config."""
         if extra and not self.field:
             raise ValueError("extra fields need a `field` to keep the identity under")
         value = {self.field: self.identity, **extra} if self.field else self.identity
-        return atomic.write_json(self.path, value, default=str)
+        atomic.write_json_if_changed(self.path, value, default=str)
+        return self.path

@@ -111,8 +111,7 @@ def retrain(architecture, space: Space, splits: data_lib.Splits, info: data_lib.
         for path in (result_path, best_path + ".json", history.path):
             if os.path.exists(path):
                 os.remove(path)
-    if identity.saved() != identity.identity:
-        identity.write()
+    identity.write()
     resolution = space.resolution
     n_train = info.split_sizes.get("train")
     steps = config.steps_per_epoch

@@ -6,7 +6,6 @@ a rerun with the same settings resumes the keras-tuner project, other settings a
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 
@@ -18,7 +17,7 @@ import tensorflow as tf
 from cream_tf import arch as arch_lib
 from cream_tf import flops
 from cream_tf import internals
-from cream_tf.cli import read_json, write_json
+from cream_tf import atomic
 from cream_tf.run_identity import RunIdentity
 from cream_tf.space import Space
 from cream_tf.tuner.hyperparameters import path_from_hyperparameters
@@ -80,14 +79,6 @@ def _trial_results(oracle, space: Space) -> list:
     return results
 
 
-def _holds(path: str, data) -> bool:
-    """Whether the JSON file at `path` already holds `data`."""
-    try:
-        return read_json(path) == json.loads(json.dumps(data))
-    except (OSError, ValueError):
-        return False
-
-
 def _space_json(space: Space) -> dict:
     return {"name": space.name, "layout": space.layout, "depth": list(space.depth),
             "resolution": space.resolution, "width": space.width,
@@ -129,8 +120,8 @@ class CreamTuner(internals.TunerHooks, kt.Tuner):
             "best": result.best.to_json() if result.best else None,
             "trials": [dict(rank=i + 1, **r.to_json()) for i, r in enumerate(result.trials)],
         }
-        if not _holds(self.results_path, data):  # a rerun that trained nothing writes nothing
-            write_json(self.results_path, data)
+        # a rerun that trained nothing leaves the file as it is
+        atomic.write_json_if_changed(self.results_path, data)
         return result
 
 
@@ -227,8 +218,7 @@ def tune(space: Space, train_ds, val_ds, workdir: str, max_trials: int = 20,
                                   "overwrite=True")
     if not overwrite and os.path.isdir(os.path.join(workdir, PROJECT_NAME)):
         identity.check()
-    if identity.saved() != identity.identity:  # a rerun of the same run writes nothing
-        identity.write()
+    identity.write()  # a rerun of the same run leaves the file as it is
     results_path = os.path.join(workdir, RESULTS_FILE)
     if overwrite and os.path.exists(results_path):
         os.remove(results_path)  # a fresh run must not show the old run's results
