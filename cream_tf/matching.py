@@ -9,32 +9,41 @@ from the authors' release: docs/method.md, "Where cream_tf departs from the rele
   rho = 0.5) or 'meta' (the entry M scores highest, rho = sigmoid of *that* entry's score).
 * `cream_loss` is the distillation objective (rho * KD + (2 - rho) * CE) / 2, reduced for
   tf.distribute.
-* `meta_gradients` trains M: the gradient of the held-out cross-entropy after one simulated SGD
-  step of the student, through *all* the student's trainable weights (Keras `stateless_call`).
+* `meta_update` is the release's meta step for M: the KD gradient of the student on a slice, one
+  simulated step of the student's weights with M's rate (kept as a function of M), a real student
+  step on the same gradient (the caller's optimizer), then the cross-entropy of the stepped student
+  on the next slice, differentiated into M through the simulated step and through *all* the
+  student's weights. `meta_gradients` is its stateless form (no real step: the outer loss is
+  taken at the simulated weights).
 
 Everything here is traceable: it runs inside `tf.function` and per replica inside `strategy.run`.
 """
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import keras
 import tensorflow as tf
 
 __all__ = ["MatchingNetwork", "select_teacher", "student_board_probs", "cream_loss",
-           "meta_gradients", "TEACHER_MODES", "INNER_LOSSES"]
+           "meta_gradients", "meta_update", "MetaUpdate", "replica_mean", "TEACHER_MODES",
+           "INNER_LOSSES", "CLIP_NORM"]
 
 TEACHER_MODES = ("top1", "meta")
 INNER_LOSSES = ("kd", "cream")
+# The release clips both gradients of its meta step (the student's real step and M's) to this
+# global norm.
+CLIP_NORM = 1.0
 
 
 @keras.saving.register_keras_serializable(package="cream_tf")
 class MatchingNetwork(keras.Model):
     """M of Cream: one Dense(1) on the flattened [n, classes] softmax difference of an entry.
 
-    Initialised with kernel and bias uniform in +-1/sqrt(n * classes), the scale of a default
-    `torch.nn.Linear`. The release re-initialises its M (kernel uniform in [-1, 1], bias 0): a
-    current difference, docs/method.md, "Where cream_tf departs from the release". Built on
+    Initialised as the release's M after its weight init (fan_out 1): kernel uniform in [-1, 1],
+    bias 0. Scores then start of order one (a small start leaves rho at 0.5 and M's gradient
+    near zero). Built on
     construction: its variables exist as soon as it is created (inside `strategy.scope()` if it
     should be mirrored), so an optimizer can be built on them before any step is traced.
 
@@ -52,13 +61,10 @@ class MatchingNetwork(keras.Model):
         self.num_images = num_images
         self.num_classes = num_classes
         self.seed = seed
-        features = num_images * num_classes
-        bound = 1.0 / math.sqrt(features)
         self.dense = keras.layers.Dense(
             1, name="dense", dtype=self.dtype_policy,
-            kernel_initializer=keras.initializers.RandomUniform(-bound, bound, seed=seed),
-            bias_initializer=keras.initializers.RandomUniform(
-                -bound, bound, seed=None if seed is None else seed + 1))
+            kernel_initializer=keras.initializers.RandomUniform(-1.0, 1.0, seed=seed),
+            bias_initializer="zeros")
         self.build((None, num_images, num_classes))
 
     def build(self, input_shape):
@@ -125,8 +131,8 @@ def select_teacher(mode: str, student_probs, board_probs, board_size, matching=N
     Returns:
       (index int32 scalar, rho scalar, scores [K]), rho and scores in M's dtype (float32 unless M
       was made float64) for 'meta'. With 'top1' the scores are zeros. `rho` keeps its gradient
-      to M's weights (the meta-gradient needs it); in the training step use it through
-      `cream_loss`, which stops that gradient.
+      to M's weights and to `student_probs`: the training loss trains M (and the student,
+      through its board scoring) through it, as the release does.
 
       Entries whose softmax difference or score is not finite are never chosen. If no valid entry
       has a finite score (or the board is empty), the result is the best entry (index 0) with
@@ -190,10 +196,8 @@ def cream_loss(labels, student_logits, teacher_logits, rho, label_smoothing, glo
 
     `labels` are int class ids [B] or target distributions [B, classes]. `teacher_logits=None`
     gives plain CE (the warm-up loss). Gradients stop at the teacher logits (the teacher runs
-    without gradient) and at rho (M learns only by `meta_gradients`; without the stop, the
-    training step would also move the student's weights through the scoring forward and M). The
-    release does not stop it there: a current difference, docs/method.md, "Where cream_tf
-    departs from the release".
+    without gradient) but not at rho: as in the release, the loss trains the matching network
+    (and the student's board scoring) through rho, with dL/drho = (KD - CE) / 2 per example.
     """
     logits = _float(student_logits)
     log_probs = tf.nn.log_softmax(logits, axis=-1)
@@ -201,7 +205,7 @@ def cream_loss(labels, student_logits, teacher_logits, rho, label_smoothing, glo
     if teacher_logits is None:
         per_example = ce
     else:
-        r = tf.cast(tf.stop_gradient(rho), logits.dtype)
+        r = tf.cast(rho, logits.dtype)
         per_example = (r * _soft_ce(teacher_logits, log_probs) + (2 - r) * ce) / 2
     return tf.nn.compute_average_loss(per_example, global_batch_size=global_batch_size)
 
@@ -221,48 +225,78 @@ def _add(a, b):
     return a if b is None else a + b
 
 
+def replica_mean(tensor):
+    """The mean over the replicas in sync (the tensor itself on one device); differentiable.
+
+    The student's board scoring goes through it so that every replica picks the same teacher.
+    """
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return tensor
+    return context.all_reduce(tf.distribute.ReduceOp.MEAN, tensor)
+
+
+class MetaUpdate(NamedTuple):
+    """What `meta_update` returns."""
+
+    grads: list      # one per `matching.trainable_variables`; this replica's share of the sum
+    state: list      # the model's non-trainable values after the update's forwards
+    teacher: tf.Tensor  # index of the chosen board entry
+    rho: tf.Tensor
+
+
 def meta_gradients(model, path, matching, board_images, board_probs, board_size,
                    x_kd, y_kd, x_val, y_val, lr, label_smoothing, global_batch_size,
                    *, board_paths=None, inner_loss: str = "kd", training: bool = True,
                    forward=None):
-    """Gradient of M's meta-objective.
+    """M's meta-gradient with a simulated student step only, the model left untouched.
 
-    The method: docs/method.md, "The prioritized board and the matching network".
+    `meta_update` without `student_step`: the outer loss is taken at the simulated weights
+    w' = w - lr * dL/dw, so the result is the exact gradient of J(w'(M)). Returns the list of
+    gradients of `matching.trainable_variables`. Arguments as `meta_update`.
+    """
+    return meta_update(model, path, matching, board_images, board_probs, board_size, x_kd, y_kd,
+                       x_val, y_val, lr, label_smoothing, global_batch_size,
+                       board_paths=board_paths, inner_loss=inner_loss, training=training,
+                       forward=forward).grads
 
-    Unlike the release, where it reaches M through the stem conv only, the gradient flows
-    through every weight of the simulated step (docs/method.md, "Where cream_tf departs from
-    the release").
+
+def meta_update(model, path, matching, board_images, board_probs, board_size,
+                x_kd, y_kd, x_val, y_val, lr, label_smoothing, global_batch_size,
+                *, board_paths=None, inner_loss: str = "kd", training: bool = True,
+                forward=None, weights=None, state=None, student_step=None) -> MetaUpdate:
+    """One meta step of M (docs/method.md, "The prioritized board and the matching network").
 
     1. The student (`path`) scores every board entry in one batched forward
-       (`student_board_probs`); `select_teacher('meta', ...)` picks the teacher and rho.
+       (`student_board_probs`), averaged over the replicas so that every replica picks the same
+       teacher; `select_teacher('meta', ...)` picks it and rho.
     2. The teacher path (`board_paths[index]`) runs on `x_kd` without gradient.
     3. Inner loss on (x_kd, y_kd): 'kd' (default, the release) = rho * KD; 'cream' = the training
-       loss (rho * KD + (2 - rho) * CE) / 2. Reduced with compute_average_loss.
-    4. Simulated SGD step over ALL the model's trainable weights: w' = w - lr * dL/dw. Its
-       derivative with respect to rho is exact and first-order (see the code), so no
-       second-order gradient is taken. Under a tf.distribute strategy with several replicas the inner
-       gradient is all-reduced (SUM), so every replica steps to the same w' as one device on the
-       global batch would; summing the returned per-replica gradients (as the optimizer's
-       all-reduce does) then gives the exact global meta-gradient.
-    5. Cross-entropy (label smoothing) of the student with w' on (x_val, y_val), reduced with
-       compute_average_loss; returns its gradient w.r.t. `matching.trainable_variables`.
+       loss (rho * KD + (2 - rho) * CE) / 2. Its gradient g over all the model's trainable
+       weights is summed over the replicas, so every replica holds the global slice's g.
+    4. Simulated step w' = w - lr * g, `lr` being M's current rate as in the release. Only its
+       dependence on M (through rho) matters; it is exact and first-order (see the code).
+    5. `student_step(g)`, when given, takes the real student step (the release's, with the
+       student's optimizer and g clipped to `CLIP_NORM`) and returns the new weights; the outer
+       loss is taken there. Without it the outer loss is taken at w' and nothing is written.
+    6. Label-smoothed CE of the stepped student on (x_val, y_val), differentiated into M through
+       w' and every weight (the release reaches M through the stem conv only: docs/method.md,
+       "Where cream_tf departs from the release").
 
-    All forwards are stateless (`forward`, by default `model.stateless_call`): the model's
-    variables (BatchNorm statistics included) are left untouched.
-
-    Under a multi-replica strategy the all-reduce is a synchronization point: call this (and the
-    M optimizer's apply_gradients) from a replica function of its own, chosen on the host every
-    N steps, not inside a `tf.cond` of the training step (tf.distribute refuses that).
+    Forwards are stateless (`forward`, by default `model.stateless_call`) and chain the BatchNorm
+    statistics from one to the next in training mode, as the release's in-place forwards do; the
+    caller writes `MetaUpdate.state` back if it wants them. Summing the returned gradients over
+    the replicas (as an optimizer's all-reduce does) gives the global meta-gradient.
 
     Args:
       model: a built keras.Model called as model(x, path=path, training=...).
       path: the student path (int32 [L] tensor).
       matching: the `MatchingNetwork`.
       board_images, board_probs, board_size: `board.images`, `board.probs`, `board.size`.
-      x_kd, y_kd: the KD slice; x_val, y_val: the held-out slice (int labels or distributions).
-      lr: the student's current learning rate (scalar).
+      x_kd, y_kd: the inner slice; x_val, y_val: the outer slice (int labels or distributions).
+      lr: rate of the simulated step (scalar).
       label_smoothing: of every CE here (the training loss's, release 0.1).
-      global_batch_size: examples in the KD and in the validation slice over all replicas: one
+      global_batch_size: examples in the inner and in the outer slice over all replicas: one
         int for both, or a pair (kd, val).
       board_paths: `board.paths` [K, L], required: the teacher path comes from it.
       inner_loss: 'kd' or 'cream' (see 3).
@@ -270,44 +304,47 @@ def meta_gradients(model, path, matching, board_images, board_probs, board_size,
       forward: optional stateless forward of `model`, callable(weights, state, images, path) ->
         (logits, new_state) such as a `supernet.PathForward` of mode `training`; the training
         step's own, so the update reuses its trace.
-
-    Returns:
-      list of gradients, one per `matching.trainable_variables`.
+      weights, state: the values to start from (default: read from `model`), aligned with
+        `model.trainable_variables` and `model.non_trainable_variables`.
+      student_step: optional callable(g) -> new weights (see 5).
     """
     if board_paths is None:
-        raise ValueError("meta_gradients needs board_paths=board.paths: the chosen teacher's path "
+        raise ValueError("meta_update needs board_paths=board.paths: the chosen teacher's path "
                          "is read from it")
     if inner_loss not in INNER_LOSSES:
         raise ValueError(f"unknown inner_loss {inner_loss!r}; valid: {', '.join(INNER_LOSSES)}")
     gb_kd, gb_val = _batch_sizes(global_batch_size)
     path = tf.convert_to_tensor(path)
-    variables = model.trainable_variables
-    weights = [tf.identity(v.value) for v in variables]
-    state = [tf.identity(v.value) for v in model.non_trainable_variables]
+    if weights is None:
+        weights = [tf.identity(v.value) for v in model.trainable_variables]
+    if state is None:
+        state = [tf.identity(v.value) for v in model.non_trainable_variables]
+    weights, chain = list(weights), [list(state)]
 
-    def forward(w, x, p, call=forward):
+    def run(w, x, p, call=forward):
         if call is None:
-            logits, _ = model.stateless_call(w, state, x, path=p, training=training)
+            logits, after = model.stateless_call(w, chain[0], x, path=p, training=training)
         else:
-            logits, _ = call(w, state, x, p)
+            logits, after = call(w, chain[0], x, p)
+        chain[0] = list(after)
         return tf.convert_to_tensor(logits)
 
     # 1-2: teacher choice and soft targets; constants with respect to M's weights except rho.
-    student_probs = tf.stop_gradient(
-        student_board_probs(lambda x: forward(weights, x, path), board_images, board_size))
+    student_probs = replica_mean(tf.stop_gradient(
+        student_board_probs(lambda x: run(weights, x, path), board_images, board_size)))
     with tf.GradientTape() as rho_tape:  # watches M's variables only (the model runs stateless)
         index, rho, _ = select_teacher("meta", student_probs, board_probs, board_size, matching)
     drho = rho_tape.gradient(rho, matching.trainable_variables)
     teacher_path = tf.cast(tf.gather(tf.convert_to_tensor(board_paths), index), path.dtype)
-    teacher_logits = tf.stop_gradient(forward(weights, x_kd, teacher_path))
+    teacher_logits = tf.stop_gradient(run(weights, x_kd, teacher_path))
     # 3-4: the inner loss is linear in rho, L = rho * A + B ('kd': A = KD, B = 0; 'cream':
     # A = (KD - CE) / 2, B = CE), so the simulated step w' = w - lr * dL/dw moves with rho along
     # dw'/drho = -lr * dA/dw, and the chain rule gives the exact meta-gradient from first-order
-    # gradients only: dJ/dM = -lr * <dJ/dw', dA/dw> * drho/dM. No second-order tape: the update
-    # costs two backward passes instead of a backward through a backward.
+    # gradients only: dJ/dM = -lr * <dJ/dw_outer, dA/dw> * drho/dM. No second-order tape: the
+    # update costs two backward passes instead of a backward through a backward.
     with tf.GradientTape(persistent=inner_loss != "kd") as inner:
         inner.watch(weights)
-        logits = _float(forward(weights, x_kd, path))
+        logits = _float(run(weights, x_kd, path))
         log_probs = tf.nn.log_softmax(logits, axis=-1)
         kd = tf.nn.compute_average_loss(_soft_ce(teacher_logits, log_probs),
                                         global_batch_size=gb_kd)
@@ -333,11 +370,16 @@ def meta_gradients(model, path, matching, board_images, board_probs, board_size,
                                   [grads[i] for i in used] + [dslope[i] for i in used])
         for k, i in enumerate(used):
             grads[i], dslope[i] = both[k], both[len(used) + k]
-    stepped = [w if g is None else w - tf.cast(lr, w.dtype) * g for w, g in zip(weights, grads)]
-    # 5: held-out loss with the stepped weights, and its gradient at w'.
+    if student_step is None:
+        stepped = [w if g is None else w - tf.cast(lr, w.dtype) * g
+                   for w, g in zip(weights, grads)]
+    else:
+        stepped = list(student_step([tf.zeros_like(w) if g is None else g
+                                     for w, g in zip(weights, grads)]))
+    # 5-6: outer loss with the stepped weights, and its gradient there.
     with tf.GradientTape() as val_tape:
         val_tape.watch(stepped)
-        val_logits = _float(forward(stepped, x_val, path))
+        val_logits = _float(run(stepped, x_val, path))
         val_ce = _smoothed_ce(tf.convert_to_tensor(y_val), tf.nn.log_softmax(val_logits, -1),
                               label_smoothing)
         val_loss = tf.nn.compute_average_loss(val_ce, global_batch_size=gb_val)
@@ -346,4 +388,4 @@ def meta_gradients(model, path, matching, board_images, board_probs, board_size,
     terms = [tf.cast(tf.reduce_sum(a * tf.cast(b, a.dtype)), dtype)
              for a, b in zip(dval, dslope) if a is not None and b is not None]
     scale = -tf.cast(lr, dtype) * (tf.add_n(terms) if terms else tf.constant(0.0, dtype))
-    return [None if d is None else scale * d for d in drho]
+    return MetaUpdate([None if d is None else scale * d for d in drho], chain[0], index, rho)

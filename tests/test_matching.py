@@ -23,8 +23,7 @@ def test_matching_network_is_one_dense_on_the_flattened_difference():
     assert len(m.trainable_variables) == 2  # built on construction
     kernel, bias = (v.numpy() for v in m.dense.weights)
     assert kernel.shape == (N * C, 1) and bias.shape == (1,)
-    bound = 1 / math.sqrt(N * C)  # torch.nn.Linear's default init, as the release
-    assert np.abs(kernel).max() <= bound and np.abs(bias).max() <= bound
+    assert np.abs(kernel).max() <= 1.0 and np.all(bias == 0)  # the release's re-initialisation
     diff = np.random.default_rng(0).normal(size=(4, N, C)).astype(np.float32)
     want = diff.reshape(4, -1) @ kernel[:, 0] + bias[0]
     np.testing.assert_allclose(m(diff).numpy(), want, rtol=1e-5)
@@ -34,6 +33,19 @@ def test_matching_network_is_one_dense_on_the_flattened_difference():
         m(np.zeros([4, N * C], np.float32))
     with pytest.raises(ValueError, match="num_classes"):
         M.MatchingNetwork(N, 0)
+
+
+@pytest.mark.parametrize("images, classes", [(4, 10), (4, 1000)])
+def test_matching_network_starts_as_the_release_kernel_uniform_in_unit_interval(images, classes):
+    """The release re-initialises its Linear with fan_out 1: kernel U(-1, 1), bias 0, whatever
+    the size (torch's default would be +-1/sqrt(n * classes): 63x smaller at ImageNet size)."""
+    kernel, bias = (v.numpy() for v in M.MatchingNetwork(images, classes, seed=0).dense.weights)
+    assert np.all(bias == 0)
+    assert np.abs(kernel).max() <= 1.0
+    assert abs(kernel.std() - 1 / math.sqrt(3)) < 4 / math.sqrt(kernel.size)  # U(-1, 1): 0.577
+    assert np.abs(kernel).max() > 0.9
+    again = M.MatchingNetwork(images, classes, seed=0).dense.kernel.numpy()
+    np.testing.assert_array_equal(kernel, again)  # seeded
 
 
 def test_matching_network_variables_are_mirrored_when_made_in_scope():
@@ -199,7 +211,7 @@ def test_cream_loss_matches_numpy(rho, smoothing, one_hot):
                                                          smoothing, 6), rtol=1e-5)
 
 
-def test_cream_loss_gradient_stops_at_teacher_and_rho():
+def test_cream_loss_gradient_stops_at_teacher_but_reaches_rho():
     rng = np.random.default_rng(2)
     student = tf.constant(rng.normal(size=(4, 5)), tf.float32)
     teacher = tf.constant(rng.normal(size=(4, 5)), tf.float32)
@@ -207,7 +219,12 @@ def test_cream_loss_gradient_stops_at_teacher_and_rho():
     with tf.GradientTape(persistent=True) as tape:
         tape.watch([student, teacher, rho])
         loss = M.cream_loss([0, 1, 2, 3], student, teacher, rho, 0.1, 4)
-    assert tape.gradient(loss, teacher) is None and tape.gradient(loss, rho) is None
+    assert tape.gradient(loss, teacher) is None
+    # the release does not detach rho: dL/drho = mean over the batch of (KD - CE) / 2
+    logp = np_log_softmax(student.numpy())
+    kd = -(tf.nn.softmax(teacher).numpy() * logp).sum(-1)
+    ce = -((np.eye(5)[[0, 1, 2, 3]] * 0.9 + 0.02) * logp).sum(-1)
+    np.testing.assert_allclose(float(tape.gradient(loss, rho)), ((kd - ce) / 2).mean(), rtol=1e-5)
     # d/dlogits of the per-example loss: (rho (p - t) + (2 - rho)(p - y_smooth)) / 2 / B
     p = tf.nn.softmax(student).numpy()
     t = tf.nn.softmax(teacher).numpy()

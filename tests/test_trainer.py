@@ -75,11 +75,16 @@ def test_config_validation():
 
 def test_meta_step_traced_for_long_searches_only():
     """The rule of thumb: tracing the meta update costs minutes once, so it pays off from ~100
-    updates on (small.flags makes 20, the release's ImageNet search 500)."""
-    assert not trainer.SearchConfig(epochs=15, steps_per_epoch=100, warmup_epochs=5,
-                                    meta_interval=50).meta_traced
-    assert trainer.SearchConfig(epochs=3, steps_per_epoch=1000, warmup_epochs=1,
-                                meta_interval=20).meta_traced  # exactly 100 updates
+    updates on (small.flags makes 10, the release's ImageNet search 600)."""
+    small = trainer.SearchConfig(epochs=15, steps_per_epoch=100, warmup_epochs=5, meta_interval=50)
+    assert small.meta_updates == 10 and not small.meta_traced
+    # the release's rule: batches 20, 40, ..., 1000 of each epoch after the warm-up
+    hundred = trainer.SearchConfig(epochs=3, steps_per_epoch=1001, warmup_epochs=1,
+                                   meta_interval=20)
+    assert hundred.meta_updates == 100 and hundred.meta_traced
+    assert not trainer.SearchConfig(epochs=3, steps_per_epoch=1000, warmup_epochs=1,
+                                    meta_interval=20).meta_traced  # 2 x 49
+    assert trainer.SearchConfig().meta_updates == 600
     assert trainer.SearchConfig().meta_traced  # the release's ImageNet search
     assert trainer.SearchConfig(trace_meta=False).meta_traced is False
     assert trainer.SearchConfig(epochs=1, warmup_epochs=0, trace_meta=True).meta_traced
@@ -398,19 +403,22 @@ DISTILLATION = ("rho", "board_size", "board_best")
 def test_search_shows_rho_and_board_only_once_distillation_starts(shown):
     warmup, total = shown.warmup, shown.total
     for step, frame in shown.frames.items():
-        distilling = step > warmup
+        # the board's first entry is the first step after the warm-up; distillation follows
+        distilling = step > warmup + 1
         assert shown.logs[step]["distill"] is distilling
+        assert shown.logs[step]["board_size"] == (0 if step <= warmup else
+                                                  min(step - warmup, 2))
         assert [name in frame for name in DISTILLATION] == [distilling] * 3, (step, frame)
         assert [name in shown.logs[step] for name in ("rho", "teacher")] == [distilling] * 2
         assert {"loss", "accuracy"} <= set(frame)
     for name in DISTILLATION:  # TensorBoard as the bar
-        assert sorted(shown.scalars[f"search/{name}"]) == list(range(warmup + 1, total + 1))
+        assert sorted(shown.scalars[f"search/{name}"]) == list(range(warmup + 2, total + 1))
     for tag in ("search/loss", "search/accuracy", "search/macs", "search/lr"):
         assert sorted(shown.scalars[tag]) == list(range(1, total + 1))
-    best = [shown.frames[s]["board_best"] for s in range(warmup + 1, total + 1)]
+    best = [shown.frames[s]["board_best"] for s in range(warmup + 2, total + 1)]
     assert all(0.0 <= b <= 1.0 for b in best) and max(best) > 0, best
     assert shown.scalars["search/board_best"] == pytest.approx(
-        {s: shown.logs[s]["board_best"] for s in range(warmup + 1, total + 1)})
+        {s: shown.logs[s]["board_best"] for s in range(warmup + 2, total + 1)})
 
 
 def test_search_on_a_finished_workdir_returns_it_and_writes_nothing(shown):

@@ -9,10 +9,13 @@ import dataclasses
 from cream_tf import matching as matching_lib
 from cream_tf.errors import is_count, require
 
-__all__ = ["MIXED_PRECISION", "SearchConfig"]
+__all__ = ["META_OUTER", "MIXED_PRECISION", "SearchConfig"]
 
 # Dtype policies of the supernet; 'mixed_float16' adds dynamic loss scaling.
 MIXED_PRECISION = (None, "mixed_bfloat16", "mixed_float16")
+# Where the meta update's outer slice comes from: the batch's images meta_slice..2*meta_slice
+# (the release) or the held-out split.
+META_OUTER = ("batch", "held_out")
 
 
 @dataclasses.dataclass
@@ -45,7 +48,8 @@ class SearchConfig:
     teacher: str = "meta"              # 'meta' or 'top1'
     meta_interval: int = 200
     meta_lr: float = 1e-4
-    meta_slice: int = 4                # per replica: KD slice of the batch and held-out batch
+    meta_slice: int = 4                # per replica: the meta update's inner and outer slices
+    meta_outer: str = "batch"          # outer slice: 'batch' (the release) or 'held_out'
     seed: int = 0
     checkpoint_interval: int = 1000    # steps
     keep_checkpoints: int = 3
@@ -75,10 +79,27 @@ class SearchConfig:
         need("dropout", 0 <= self.dropout < 1, "in [0, 1)")
         need("weight_decay", self.weight_decay >= 0, ">= 0")
         need("momentum", 0 <= self.momentum < 1, "in [0, 1)")
+        need("meta_outer", self.meta_outer in META_OUTER, f"one of {', '.join(META_OUTER)}")
         need("mixed_precision", self.mixed_precision in MIXED_PRECISION,
              f"one of {', '.join(map(str, MIXED_PRECISION))}")
         need("trace_meta", self.trace_meta in (None, True, False),
              "None (automatic), True or False")
+
+    def meta_due(self, step: int) -> bool:
+        """Whether the meta update runs before training step `step` (0-based), board permitting.
+
+        The release's rule: after the warm-up, at batches meta_interval, 2 * meta_interval, ...
+        of each epoch, never at an epoch's first batch.
+        """
+        within = step % self.steps_per_epoch
+        return (self.teacher == "meta" and step >= self.warmup_steps and within > 0
+                and within % self.meta_interval == 0)
+
+    @property
+    def meta_updates(self) -> int:
+        """How many meta updates the search makes (if the board is never empty after warm-up)."""
+        per_epoch = (self.steps_per_epoch - 1) // self.meta_interval
+        return (self.epochs - self.warmup_epochs) * per_epoch if self.teacher == "meta" else 0
 
     @property
     def meta_traced(self) -> bool:
@@ -88,8 +109,7 @@ class SearchConfig:
         benchmarks/README.md). Worth it for long searches, not for a few updates."""
         if self.trace_meta is not None:
             return bool(self.trace_meta)
-        distill_steps = self.total_steps - self.warmup_steps
-        return distill_steps // self.meta_interval >= 100
+        return self.meta_updates >= 100
 
     @property
     def total_steps(self) -> int:

@@ -108,6 +108,11 @@ def search(space: Space, train_ds: tf.data.Dataset, val_ds: tf.data.Dataset, wor
         raise InputError(f"each replica gets {per_replica} images per step; board_images "
                          f"({config.board_images}) and meta_slice ({config.meta_slice}) must not "
                          f"exceed it")
+    if (config.meta_updates and config.meta_outer == "batch"
+            and per_replica < 2 * config.meta_slice):
+        raise InputError(f"each replica gets {per_replica} images per step; the meta update "
+                         f"takes its two slices of meta_slice ({config.meta_slice}) images from "
+                         f"the batch, so it needs at least {2 * config.meta_slice}")
     if config.jit_compile and replicas > 1:
         raise InputError("jit_compile=True only works on a single device (XLA cannot compile a "
                          "step that applies gradients under a multi-replica strategy)")
@@ -175,8 +180,11 @@ def search(space: Space, train_ds: tf.data.Dataset, val_ds: tf.data.Dataset, wor
                 path_np = sampler.sample(step)
                 path = tf.constant(path_np, tf.int32)
                 images, labels = next(train_iter)
-                distill = step >= config.warmup_steps and int(board.size.numpy()) > 0
-                if (distill and config.teacher == "meta" and step % config.meta_interval == 0):
+                # the board takes paths from the end of the warm-up on, so the first distillation
+                # step is the one after the board's first entry (as in the release)
+                after_warmup = step >= config.warmup_steps
+                distill = after_warmup and int(board.size.numpy()) > 0
+                if distill and config.meta_due(step):
                     val_images, val_labels = next(val_iter)
                     if not steps.meta(images, labels, val_images, val_labels, path):
                         _log.warning("step %d: non-finite meta-gradient; matching network not "
@@ -189,8 +197,8 @@ def search(space: Space, train_ds: tf.data.Dataset, val_ds: tf.data.Dataset, wor
                 changed = False
                 if finite:
                     bad_in_row = 0
-                    changed = board.update(path_np, score, macs, out["images"].numpy(),
-                                           out["probs"].numpy())
+                    changed = after_warmup and board.update(
+                        path_np, score, macs, out["images"].numpy(), out["probs"].numpy())
                 else:  # the step changed nothing (weights, slots, BN statistics); the board neither
                     bad_in_row += 1
                     bad_total += 1

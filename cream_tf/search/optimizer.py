@@ -1,5 +1,5 @@
 """The search's optimizer: `PathSGD`, which updates only the current path's weights, and its
-learning rate `LinearDecay`.
+learning rate `LinearDecay`, read at the search's step (`StepRate`).
 
 A step with a non-finite loss or gradient on any replica is skipped as a whole: the step decides
 (`step_is_finite`) and hands `PathSGD` gradients that are all NaN (`poison_gradients`), which
@@ -13,7 +13,7 @@ import tensorflow as tf
 from cream_tf import internals
 from cream_tf.supernet import read_values
 
-__all__ = ["LinearDecay", "PathSGD", "poison_gradients", "step_is_finite"]
+__all__ = ["LinearDecay", "PathSGD", "StepRate", "poison_gradients", "step_is_finite"]
 
 
 @keras.saving.register_keras_serializable(package="cream_tf")
@@ -38,6 +38,23 @@ class LinearDecay(keras.optimizers.schedules.LearningRateSchedule):
 
     def get_config(self):
         return {"base": self.base, "total_steps": self.total_steps}
+
+
+class StepRate:
+    """A learning rate read from the search's step counter instead of the optimizer's own.
+
+    The optimizers of a search apply a different number of times per step: the student's takes
+    an extra step at each meta update, M's applies only while distilling and twice at a meta
+    update. The release's rates follow the training step (its scheduler ticks once per batch),
+    so the schedule is read at the search's `step` variable, which also makes a resumed search
+    use the same rates.
+    """
+
+    def __init__(self, schedule, step):
+        self.schedule, self.step = schedule, step
+
+    def __call__(self):
+        return self.schedule(self.step)
 
 
 def step_is_finite(loss, grads):

@@ -14,11 +14,15 @@ import tensorflow as tf
 from cream_tf import matching as matching_lib
 from cream_tf.board import Board
 from cream_tf.search.config import SearchConfig
-from cream_tf.search.optimizer import LinearDecay, PathSGD, poison_gradients, step_is_finite
+from cream_tf.search.optimizer import (LinearDecay, PathSGD, StepRate, poison_gradients,
+                                       step_is_finite)
 from cream_tf.space import Space
-from cream_tf.supernet import SuperNet, switch
+from cream_tf.supernet import SuperNet, VariableOwner, switch
 
 __all__ = ["SearchState", "StepFunctions"]
+
+
+_FIXED = VariableOwner(-1, -1)  # always trained: the matching network's variables
 
 
 def _assign(forward, state):
@@ -46,10 +50,13 @@ class SearchState:
                 self.supernet = SuperNet(space, dropout=config.dropout)
             finally:
                 keras.mixed_precision.set_global_policy(previous)
+            # the step counter comes first: every learning rate is read at it (`StepRate`)
+            self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
             schedule = LinearDecay(config.learning_rate, config.total_steps)
             self.path_optimizer = PathSGD(self.supernet.variable_owner, space.num_layers,
-                                          learning_rate=schedule, momentum=config.momentum,
-                                          nesterov=config.nesterov, l2=config.weight_decay,
+                                          learning_rate=StepRate(schedule, self.step),
+                                          momentum=config.momentum, nesterov=config.nesterov,
+                                          l2=config.weight_decay,
                                           freeze_inactive=config.freeze_inactive)
             self.optimizer = self.path_optimizer
             if config.mixed_precision == "mixed_float16":
@@ -61,9 +68,15 @@ class SearchState:
                                (r, r, 3), space.num_classes, gap=config.board_gap)
             self.matching = matching_lib.MatchingNetwork(config.board_images, space.num_classes,
                                                          seed=config.seed, dtype="float32")
-            self.meta_optimizer = keras.optimizers.SGD(config.meta_lr, name="meta_sgd")
+            # M is a parameter group of the release's student optimizer: the same Nesterov
+            # momentum, its own rate with the same linear decay, no weight decay. A PathSGD whose
+            # variables are all "fixed" is exactly that, and skips a poisoned step bit-identically.
+            self.meta_schedule = LinearDecay(config.meta_lr, config.total_steps)
+            self.meta_optimizer = PathSGD(lambda v: _FIXED, space.num_layers,
+                                          learning_rate=StepRate(self.meta_schedule, self.step),
+                                          momentum=config.momentum, nesterov=config.nesterov,
+                                          l2=0.0, name="meta_sgd")
             self.meta_optimizer.build(self.matching.trainable_variables)
-            self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
 
 
 class StepFunctions:
@@ -113,6 +126,8 @@ class StepFunctions:
         num_classes = self.space.num_classes
 
         forward = self.forward
+        meta = cfg.teacher == "meta"
+        matching = self.matching
 
         def replica_fn(images, labels):
             # One read of the variables serves every forward of the step; the BatchNorm
@@ -121,7 +136,6 @@ class StepFunctions:
             weights, state = forward.values()
             x = self._local(images, self.per_replica)
             y = tf.cast(self._local(labels, self.per_replica), tf.int32)
-            ctx = tf.distribute.get_replica_context()
 
             def score():
                 new_state = []
@@ -137,37 +151,54 @@ class StepFunctions:
             def no_score():
                 return tf.zeros(board.probs.shape, tf.float32), state
 
-            student_probs, scored = switch(tf.cast(distill, tf.int32), [no_score, score])
-            # identical on every replica already; the mean makes it bit-identical, so all
-            # replicas pick the same teacher (outside the switch: a collective must not be skipped)
-            student_probs = ctx.all_reduce(tf.distribute.ReduceOp.MEAN, student_probs)
-
-            def teach():
+            def teach(student_probs, scored):
                 index, rho, _ = matching_lib.select_teacher(
-                    cfg.teacher, student_probs, board.probs, board.size, self.matching)
+                    cfg.teacher, student_probs, board.probs, board.size, matching)
                 teacher_path = tf.gather(tf.convert_to_tensor(board.paths), index)
-                logits, after = forward(weights, scored, x, teacher_path)
+                # no gradient through the teacher: its inputs are constants to the tape
+                frozen = [tf.stop_gradient(w) for w in weights]
+                logits, after = forward(frozen, scored, x, teacher_path)
                 return (tf.cast(index, tf.int32), tf.cast(rho, tf.float32),
-                        tf.cast(logits, tf.float32), after)
+                        tf.stop_gradient(tf.cast(logits, tf.float32)), after)
 
-            def no_teacher():  # rho = 0 makes the loss exactly the warm-up CE
+            def no_teacher(scored):  # rho = 0 makes the loss exactly the warm-up CE
                 return (tf.constant(-1, tf.int32), tf.constant(0.0),
                         tf.zeros([tf.shape(x)[0], num_classes], tf.float32), scored)
 
-            index, rho, teacher_logits, taught = switch(tf.cast(distill, tf.int32),
-                                                        [no_teacher, teach])
-            teacher_logits = tf.stop_gradient(teacher_logits)
-            rho = tf.stop_gradient(rho)
+            loss_scale = (self.optimizer.dynamic_scale  # read before apply may change it
+                          if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
+                          else tf.constant(1.0))
+            loss_scale = tf.identity(loss_scale)
             with tf.GradientTape() as tape:
                 tape.watch(weights)
+                if meta:
+                    # The student scores the board on the tape: the loss trains M, and the
+                    # student through its scoring, by rho (the release's rho is not detached).
+                    student_probs, scored = switch(tf.cast(distill, tf.int32), [no_score, score])
+                    # identical on every replica already; the mean makes it bit-identical, so
+                    # all replicas pick the same teacher (outside the switch: a collective must
+                    # not be skipped)
+                    student_probs = matching_lib.replica_mean(student_probs)
+                else:  # top1 needs no scoring (nor does the release run one)
+                    student_probs, scored = None, state
+                index, rho, teacher_logits, taught = switch(
+                    tf.cast(distill, tf.int32),
+                    [lambda: no_teacher(scored), lambda: teach(student_probs, scored)])
                 logits, new_state = forward(weights, taught, x, path)
                 loss = matching_lib.cream_loss(y, logits, teacher_logits, rho,
                                                cfg.label_smoothing, global_batch)
                 # identity unless a LossScaleOptimizer (mixed_float16) scales it; apply unscales
                 scaled = self.optimizer.scale_loss(loss)
-            grads = tape.gradient(scaled, weights)
-            finite = step_is_finite(loss, grads)
+            m_vars = matching.trainable_variables if meta else []
+            grads = tape.gradient(scaled, list(weights) + list(m_vars))
+            grads, m_grads = grads[:len(weights)], grads[len(weights):]
+            if meta:
+                m_grads = [tf.zeros_like(v) if g is None else g / tf.cast(loss_scale, g.dtype)
+                           for v, g in zip(m_vars, m_grads)]
+            finite = step_is_finite(loss, grads + m_grads)
             self.optimizer.apply(poison_gradients(grads, finite), net.trainable_variables)
+            if meta:  # M moves only in distillation steps (before, rho is a constant 0)
+                self.meta_optimizer.apply(poison_gradients(m_grads, finite & distill), m_vars)
             # a bad step leaves the BatchNorm statistics as they were, like everything else
             tf.cond(finite, lambda: _assign(forward, new_state), lambda: tf.constant(False))
             correct = tf.reduce_sum(tf.cast(
@@ -188,28 +219,58 @@ class StepFunctions:
                 "teacher": self.strategy.experimental_local_results(index)[0]}
 
     def meta(self, images, labels, val_images, val_labels, path) -> bool:
-        """One meta-gradient update of the matching network; True if it was applied."""
+        """One meta update (the matching network and a real student step); True if applied.
+
+        `val_images`, `val_labels` are the outer slice's source when `meta_outer='held_out'`;
+        with the release's 'batch' they are not read.
+        """
         return bool(self.meta_step(images, labels, val_images, val_labels, path).numpy())
 
     def _meta_replicas(self, images, labels, val_images, val_labels, path):
         """The replica work of `meta`; returns 1 (int32) if the update was applied."""
-        cfg, board = self.config, self.board
-        m = cfg.meta_slice
+        cfg, board, forward = self.config, self.board, self.forward
+        m, replicas = cfg.meta_slice, self.replicas
+        net, matching = self.supernet, self.matching
+        self.path_optimizer.set_path(path)
 
         def replica_fn(images, labels, val_images, val_labels):
-            x = self._local(images, self.per_replica)[:m]
-            y = tf.cast(self._local(labels, self.per_replica)[:m], tf.int32)
-            vx = self._local(val_images, m)
-            vy = tf.cast(self._local(val_labels, m), tf.int32)
-            lr = self.optimizer.learning_rate
-            grads = matching_lib.meta_gradients(
-                self.supernet, path, self.matching, board.images, board.probs, board.size,
-                x, y, vx, vy, lr, cfg.label_smoothing, m * self.replicas,
-                board_paths=board.paths, forward=self.forward)
-            finite = step_is_finite(tf.constant(0.0), grads)  # the same on every replica
-            # M's optimizer is plain SGD: a zero gradient leaves it bit-identical
-            grads = [tf.where(finite, g, tf.zeros_like(g)) for g in grads]
-            self.meta_optimizer.apply(grads, self.matching.trainable_variables)
+            local = self._local(images, self.per_replica)
+            local_y = tf.cast(self._local(labels, self.per_replica), tf.int32)
+            x, y = local[:m], local_y[:m]
+            if cfg.meta_outer == "batch":  # the release: the batch's next slice
+                vx, vy = local[m:2 * m], local_y[m:2 * m]
+            else:
+                vx = self._local(val_images, m)
+                vy = tf.cast(self._local(val_labels, m), tf.int32)
+            weights, state = forward.values()
+            applied = []
+
+            def student_step(g):
+                # The release's real step on the inner gradient (already summed over the
+                # replicas): clipped, then the student's own optimizer. Divided by the replicas
+                # because the optimizer's all-reduce sums them again.
+                g, _ = tf.clip_by_global_norm(g, matching_lib.CLIP_NORM)
+                finite = step_is_finite(tf.constant(0.0), g)
+                applied.append(finite)
+                share = [gi / replicas for gi in g]
+                self.path_optimizer.apply(poison_gradients(share, finite),
+                                          net.trainable_variables)
+                return forward.values()[0]
+
+            update = matching_lib.meta_update(
+                net, path, matching, board.images, board.probs, board.size,
+                x, y, vx, vy, self.meta_optimizer.learning_rate, cfg.label_smoothing,
+                m * replicas, board_paths=board.paths, forward=forward,
+                weights=weights, state=state, student_step=student_step)
+            grads = update.grads
+            if replicas > 1:  # clip the global gradient, as one device would
+                grads = tf.distribute.get_replica_context().all_reduce(
+                    tf.distribute.ReduceOp.SUM, grads)
+            grads, _ = tf.clip_by_global_norm(grads, matching_lib.CLIP_NORM)
+            finite = step_is_finite(tf.constant(0.0), grads) & applied[0]
+            self.meta_optimizer.apply(poison_gradients([g / replicas for g in grads], finite),
+                                      matching.trainable_variables)
+            tf.cond(finite, lambda: _assign(forward, update.state), lambda: tf.constant(False))
             return tf.cast(finite, tf.int32)
 
         finite = self.strategy.run(replica_fn, args=(images, labels, val_images, val_labels))
