@@ -24,6 +24,7 @@ import math
 from typing import NamedTuple
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 __all__ = ["MatchingNetwork", "select_teacher", "student_board_probs", "cream_loss",
@@ -96,7 +97,8 @@ def student_board_probs(forward, board_images, board_size):
       board_size: int32 scalar, the number of valid entries.
 
     Returns:
-      float32 probabilities [K, n, classes]. The forward always has the static shape
+      float32 probabilities [K, n, classes] (float64 for a float64 model). The forward always
+      has the static shape
       [K*n, H, W, C]; empty slots are filled with copies of valid entries (slot j holds entry
       j mod size), so a training-mode BatchNorm never sees padding zeros. Their rows are masked by
       `select_teacher`.
@@ -108,7 +110,7 @@ def student_board_probs(forward, board_images, board_size):
     source = tf.range(k) % tf.maximum(tf.cast(board_size, tf.int32), 1)
     images = tf.reshape(tf.gather(board_images, source), [k * n, *board_images.shape[2:]])
     logits = tf.convert_to_tensor(forward(images))
-    probs = tf.nn.softmax(tf.cast(logits, tf.float32), axis=-1)
+    probs = tf.nn.softmax(_float(logits), axis=-1)
     return tf.reshape(probs, [k, n, -1])
 
 
@@ -329,21 +331,25 @@ def meta_update(model, path, matching, board_images, board_probs, board_size,
         chain[0] = list(after)
         return tf.convert_to_tensor(logits)
 
-    # 1-2: teacher choice and soft targets; constants with respect to M's weights except rho.
-    student_probs = replica_mean(tf.stop_gradient(
-        student_board_probs(lambda x: run(weights, x, path), board_images, board_size)))
-    with tf.GradientTape() as rho_tape:  # watches M's variables only (the model runs stateless)
-        index, rho, _ = select_teacher("meta", student_probs, board_probs, board_size, matching)
-    drho = rho_tape.gradient(rho, matching.trainable_variables)
-    teacher_path = tf.cast(tf.gather(tf.convert_to_tensor(board_paths), index), path.dtype)
-    teacher_logits = tf.stop_gradient(run(weights, x_kd, teacher_path))
-    # 3-4: the inner loss is linear in rho, L = rho * A + B ('kd': A = KD, B = 0; 'cream':
-    # A = (KD - CE) / 2, B = CE), so the simulated step w' = w - lr * dL/dw moves with rho along
-    # dw'/drho = -lr * dA/dw, and the chain rule gives the exact meta-gradient from first-order
-    # gradients only: dJ/dM = -lr * <dJ/dw_outer, dA/dw> * drho/dM. No second-order tape: the
-    # update costs two backward passes instead of a backward through a backward.
-    with tf.GradientTape(persistent=inner_loss != "kd") as inner:
+    start_state = list(chain[0])
+
+    def scoring(w, chained=True):
+        call = (lambda x: run(w, x, path)) if chained else (
+            lambda x: _stateless(model, forward, training, w, start_state, x, path))
+        return student_board_probs(call, board_images, board_size)
+
+    # 1-3 on one tape: the student scores the board with gradient, as in the release, so rho
+    # depends on the student's weights as well as on M, and the inner gradient holds
+    # A * drho/dw besides rho * dA/dw. The inner loss is linear in rho, L = rho * A + B ('kd':
+    # A = KD, B = 0; 'cream': A = (KD - CE) / 2, B = CE).
+    with tf.GradientTape(persistent=True) as inner:
         inner.watch(weights)
+        student_probs = replica_mean(scoring(weights))
+        with tf.GradientTape() as rho_tape:
+            index, rho, _ = select_teacher("meta", student_probs, board_probs, board_size,
+                                           matching)
+        teacher_path = tf.cast(tf.gather(tf.convert_to_tensor(board_paths), index), path.dtype)
+        teacher_logits = tf.stop_gradient(run(weights, x_kd, teacher_path))
         logits = _float(run(weights, x_kd, path))
         log_probs = tf.nn.log_softmax(logits, axis=-1)
         kd = tf.nn.compute_average_loss(_soft_ce(teacher_logits, log_probs),
@@ -355,28 +361,31 @@ def meta_update(model, path, matching, board_images, board_probs, board_size,
                 _smoothed_ce(tf.convert_to_tensor(y_kd), log_probs, label_smoothing),
                 global_batch_size=gb_kd)
             slope, offset = (kd - ce) / 2, ce
-    r = tf.stop_gradient(tf.cast(rho, logits.dtype))
-    dslope = inner.gradient(slope, weights)  # dA/dw = d(dL/dw)/drho
-    if offset is None:
-        grads = [None if g is None else r * g for g in dslope]
-    else:
-        doffset = inner.gradient(offset, weights)
-        grads = [_add(None if a is None else r * a, b) for a, b in zip(dslope, doffset)]
+        loss = tf.cast(rho, slope.dtype) * slope + (0.0 if offset is None else offset)
+    drho = rho_tape.gradient(rho, matching.trainable_variables)
+    grads = inner.gradient(loss, weights)   # g = rho * dA/dw + A * drho/dw (+ dB/dw)
+    dslope = inner.gradient(slope, weights)  # dA/dw
+    del inner
+    chosen_diff = tf.stop_gradient(tf.gather(student_probs, index)
+                                   - tf.cast(tf.gather(board_probs, index), student_probs.dtype))
     used = [i for i, g in enumerate(grads) if g is not None]
+    total_slope = slope
     context = tf.distribute.get_replica_context()
     if context is not None and context.num_replicas_in_sync > 1 and used:
         # every replica steps to the same w' as one device on the global batch would
         both = context.all_reduce(tf.distribute.ReduceOp.SUM,
-                                  [grads[i] for i in used] + [dslope[i] for i in used])
+                                  [grads[i] for i in used] + [dslope[i] for i in used]
+                                  + [slope])
         for k, i in enumerate(used):
             grads[i], dslope[i] = both[k], both[len(used) + k]
+        total_slope = both[-1]
     if student_step is None:
         stepped = [w if g is None else w - tf.cast(lr, w.dtype) * g
                    for w, g in zip(weights, grads)]
     else:
         stepped = list(student_step([tf.zeros_like(w) if g is None else g
                                      for w, g in zip(weights, grads)]))
-    # 5-6: outer loss with the stepped weights, and its gradient there.
+    # 4-6: outer loss with the stepped weights, and its gradient v there.
     with tf.GradientTape() as val_tape:
         val_tape.watch(stepped)
         val_logits = _float(run(stepped, x_val, path))
@@ -384,8 +393,67 @@ def meta_update(model, path, matching, board_images, board_probs, board_size,
                               label_smoothing)
         val_loss = tf.nn.compute_average_loss(val_ce, global_batch_size=gb_val)
     dval = val_tape.gradient(val_loss, stepped)
+    # The simulated step w' = w - lr * g depends on M through g = rho * dA/dw + A * drho/dw,
+    # so dJ/dM = -lr * (<v, dA/dw> * drho/dM + A * d<v, drho/dw>/dM). The first term needs
+    # first-order gradients only. In the second, drho/dw = drho/dd * J with d the chosen
+    # entry's softmax difference and J its Jacobian in w, so <v, drho/dw> = <drho/dd, J v>:
+    # J v is a directional derivative of the board scoring (a central difference below), and
+    # its derivative in M goes through M's one dense layer only (an exact tape there).
     dtype = next((d.dtype for d in drho if d is not None), tf.float32)
     terms = [tf.cast(tf.reduce_sum(a * tf.cast(b, a.dtype)), dtype)
              for a, b in zip(dval, dslope) if a is not None and b is not None]
-    scale = -tf.cast(lr, dtype) * (tf.add_n(terms) if terms else tf.constant(0.0, dtype))
-    return MetaUpdate([None if d is None else scale * d for d in drho], chain[0], index, rho)
+    first = tf.add_n(terms) if terms else tf.constant(0.0, dtype)
+    jv = _directional_derivative(lambda w: scoring(w, chained=False), weights, dval,
+                                 model.compute_dtype)
+    jv = tf.gather(jv, index)
+    with tf.GradientTape() as outer:
+        with tf.GradientTape() as local:
+            local.watch(chosen_diff)
+            local_rho = tf.sigmoid(tf.cast(matching(chosen_diff[None]), dtype))[0]
+        drho_dd = local.gradient(local_rho, chosen_diff)
+        inner_product = tf.reduce_sum(tf.cast(drho_dd, dtype) * tf.cast(jv, dtype))
+    second = outer.gradient(inner_product, matching.trainable_variables)
+    # rho is a constant 0.5 when no entry had a finite score: then only drho/dM (zero) counts
+    found = tf.logical_and(tf.math.is_finite(local_rho),
+                           tf.abs(local_rho - tf.cast(rho, dtype)) <= 1e-6)
+    a_total = tf.cast(total_slope, dtype)
+    lr = tf.cast(lr, dtype)
+    out = []
+    for d, extra in zip(drho, second):
+        if d is None:
+            out.append(None)
+            continue
+        value = -lr * first * d
+        if extra is not None:
+            value += tf.where(found, -lr * a_total * extra, tf.zeros_like(extra))
+        out.append(value)
+    return MetaUpdate(out, chain[0], index, rho)
+
+
+def _stateless(model, forward, training, weights, state, images, path):
+    if forward is None:
+        logits, _ = model.stateless_call(weights, state, images, path=path, training=training)
+    else:
+        logits, _ = forward(weights, state, images, path)
+    return tf.convert_to_tensor(logits)
+
+
+def _directional_derivative(function, weights, direction, compute_dtype):
+    """(f(w + e u) - f(w - e u)) / 2e along u = `direction`, a central difference.
+
+    The step moves the weights by eps^(1/3) of their norm, eps being the compute dtype's
+    resolution: the balance of truncation (e^2) and rounding (eps / e) errors. Zero where the
+    direction is zero or missing.
+    """
+    eps = float(np.finfo(tf.as_dtype(compute_dtype).as_numpy_dtype).eps) \
+        if tf.as_dtype(compute_dtype) != tf.bfloat16 else 2.0 ** -7
+    pairs = [(w, tf.zeros_like(w) if u is None else tf.cast(u, w.dtype))
+             for w, u in zip(weights, direction)]
+    u_norm = tf.linalg.global_norm([u for _, u in pairs])
+    w_norm = tf.linalg.global_norm([w for w, _ in pairs])
+    step = eps ** (1.0 / 3.0) * tf.maximum(w_norm, 1.0) / tf.maximum(u_norm, 1e-30)
+    plus = function([w + tf.cast(step, w.dtype) * u for w, u in pairs])
+    minus = function([w - tf.cast(step, w.dtype) * u for w, u in pairs])
+    value = (tf.cast(plus, tf.float64) - tf.cast(minus, tf.float64)) / (
+        2.0 * tf.cast(step, tf.float64))
+    return tf.where(u_norm > 0, value, tf.zeros_like(value))
