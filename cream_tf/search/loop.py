@@ -80,8 +80,9 @@ def search(space: Space, train_ds: tf.data.Dataset, val_ds: tf.data.Dataset, wor
       train_ds: unbatched, shuffled/augmented, repeating dataset of (float32 HWC image, int label).
         A resumed search continues its input pipeline where it stopped (the iterator is in the
         checkpoint), so seed its shuffles for exact reruns.
-      val_ds: unbatched finite dataset held out from training; the meta-gradient reads it
-        (repeated).
+      val_ds: unbatched finite dataset held out from training; the meta update's outer slice
+        comes from it (repeated) when `config.meta_outer` is 'held_out' (by default, the
+        release's, it is the batch's next slice and val_ds is not read).
       workdir: where checkpoints, TensorBoard logs and board.json go. If it holds a checkpoint of
         the same search (same space, seed, batch, steps, board settings), the search resumes.
       config: `SearchConfig` (defaults: the release's ImageNet search).
@@ -232,6 +233,8 @@ def search(space: Space, train_ds: tf.data.Dataset, val_ds: tf.data.Dataset, wor
                             scalar(f"search/{key}", value, step + 1)
                         scalar("search/macs", macs, step + 1)
                         scalar("search/lr", logs["lr"], step + 1)
+                        if distill:  # 0: the board's best entry, as top1 would pick
+                            scalar("search/teacher", logs["teacher"], step + 1)
                 progbar.update(step + 1, shown(logs))
                 # no periodic checkpoint inside a run of bad steps: the last one stays good
                 if ((step + 1) % config.checkpoint_interval == 0 and finite) or step + 1 == total:
