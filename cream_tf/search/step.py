@@ -142,7 +142,10 @@ class StepFunctions:
 
                 def student(t):
                     logits, after = forward(weights, state, t, path)
-                    new_state.append(after)
+                    # the statistics are not differentiated (nor, below, anything of the
+                    # teacher's): a Case op's gradient otherwise runs each branch's backward
+                    # for every output, even those with no gradient coming in
+                    new_state.append([tf.stop_gradient(a) for a in after])
                     return logits
 
                 probs = matching_lib.student_board_probs(student, board.images, board.size)
@@ -156,10 +159,11 @@ class StepFunctions:
                     cfg.teacher, student_probs, board.probs, board.size, matching)
                 teacher_path = tf.gather(tf.convert_to_tensor(board.paths), index)
                 # no gradient through the teacher: its inputs are constants to the tape
-                frozen = [tf.stop_gradient(w) for w in weights]
-                logits, after = forward(frozen, scored, x, teacher_path)
+                constant = lambda values: [tf.stop_gradient(v) for v in values]  # noqa: E731
+                logits, after = forward(constant(weights), constant(scored), tf.stop_gradient(x),
+                                        teacher_path)
                 return (tf.cast(index, tf.int32), tf.cast(rho, tf.float32),
-                        tf.stop_gradient(tf.cast(logits, tf.float32)), after)
+                        tf.stop_gradient(tf.cast(logits, tf.float32)), constant(after))
 
             def no_teacher(scored):  # rho = 0 makes the loss exactly the warm-up CE
                 return (tf.constant(-1, tf.int32), tf.constant(0.0),
