@@ -21,12 +21,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from cream_tf import run_flags  # noqa: E402,F401  (defines run.py's flags)
 
 
-def main(argv):
-    del argv
+def search_setup():
+    """(job, space, SearchConfig, train_ds, val_ds) of the parsed flags' search."""
     from cream_tf import data as data_lib
-    from cream_tf import search as search_lib
     from cream_tf.job import Job
-    from cream_tf.matching import MatchingNetwork
     from cream_tf.settings import Settings
 
     settings = Settings.from_flags()
@@ -34,6 +32,26 @@ def main(argv):
     splits, info = job.data()
     space, config = job.space, job.search_config()
     train_ds, val_ds = data_lib.search_inputs(splits, info, space.resolution, seed=settings.seed)
+    return job, space, config, train_ds, val_ds
+
+
+def run(main):
+    """app.run(main) with run.py's --flags handling, small.flags unless another is given."""
+    from cream_tf import cli
+
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    args = sys.argv[1:]
+    if not any(a == "--flags" or a.startswith("--flags=") for a in args):
+        args = ["--flags=" + os.path.join(here, "configs", "small.flags")] + args
+    app.run(main, argv=[sys.argv[0]] + cli.expand_flags_file(args))
+
+
+def main(argv):
+    del argv
+    from cream_tf import search as search_lib
+    from cream_tf.matching import MatchingNetwork
+
+    job, space, config, train_ds, val_ds = search_setup()
     start = [w.copy() for w in MatchingNetwork(config.board_images, space.num_classes,
                                                seed=config.seed).get_weights()]
     record = []
@@ -73,10 +91,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    from cream_tf import cli
-
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    args = sys.argv[1:]
-    if not any(a == "--flags" or a.startswith("--flags=") for a in args):
-        args = ["--flags=" + os.path.join(here, "configs", "small.flags")] + args
-    app.run(main, argv=[sys.argv[0]] + cli.expand_flags_file(args))
+    run(main)

@@ -52,6 +52,8 @@ flags.DEFINE_integer("steps", 3, "timed steps per part (median reported)")
 flags.DEFINE_integer("warmup", 1, "untimed steps per part after the first step")
 flags.DEFINE_list("parts", "plain,cream", "steady parts to time after the first step")
 flags.DEFINE_integer("threads", 0, "TensorFlow intra-op threads (0 = one per core)")
+flags.DEFINE_bool("scoring_gradient", True, "SearchConfig.scoring_gradient: differentiate the "
+                  "board scoring, as the release (false: rho trains the matching network only)")
 flags.DEFINE_bool("graph_size", True, "count the step graph's nodes (takes a few seconds)")
 
 def graph_nodes(concrete) -> int:
@@ -87,6 +89,7 @@ def main(argv):
                                   batch_size=batch, board_size=s["board_size"],
                                   board_images=s["board_images"], prior=s["prior"],
                                   skip_prob=s["skip_prob"], learning_rate=0.1, verbose=0,
+                                  scoring_gradient=FLAGS.scoring_gradient,
                                   seed=0)  # 0.1: finite steps on random labels
     print(f"space={space.name} depth={s['depth']} resolution={space.resolution} "
           f"width={space.width} classes={space.num_classes} layers={space.num_layers} "

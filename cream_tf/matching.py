@@ -266,7 +266,8 @@ def meta_gradients(model, path, matching, board_images, board_probs, board_size,
 def meta_update(model, path, matching, board_images, board_probs, board_size,
                 x_kd, y_kd, x_val, y_val, lr, label_smoothing, global_batch_size,
                 *, board_paths=None, inner_loss: str = "kd", training: bool = True,
-                forward=None, weights=None, state=None, student_step=None) -> MetaUpdate:
+                forward=None, weights=None, state=None, student_step=None,
+                scoring_gradient: bool = True) -> MetaUpdate:
     """One meta step of M (docs/method.md, "The prioritized board and the matching network").
 
     1. The student (`path`) scores every board entry in one batched forward
@@ -309,6 +310,8 @@ def meta_update(model, path, matching, board_images, board_probs, board_size,
       weights, state: the values to start from (default: read from `model`), aligned with
         `model.trainable_variables` and `model.non_trainable_variables`.
       student_step: optional callable(g) -> new weights (see 5).
+      scoring_gradient: False treats the board scoring as a constant of the student's weights
+        (`SearchConfig.scoring_gradient`): g = rho * dA/dw, and no second-order term.
     """
     if board_paths is None:
         raise ValueError("meta_update needs board_paths=board.paths: the chosen teacher's path "
@@ -345,6 +348,8 @@ def meta_update(model, path, matching, board_images, board_probs, board_size,
     with tf.GradientTape(persistent=True) as inner:
         inner.watch(weights)
         student_probs = replica_mean(scoring(weights))
+        if not scoring_gradient:
+            student_probs = tf.stop_gradient(student_probs)
         with tf.GradientTape() as rho_tape:
             index, rho, _ = select_teacher("meta", student_probs, board_probs, board_size,
                                            matching)
@@ -403,9 +408,12 @@ def meta_update(model, path, matching, board_images, board_probs, board_size,
     terms = [tf.cast(tf.reduce_sum(a * tf.cast(b, a.dtype)), dtype)
              for a, b in zip(dval, dslope) if a is not None and b is not None]
     first = tf.add_n(terms) if terms else tf.constant(0.0, dtype)
-    jv = _directional_derivative(lambda w: scoring(w, chained=False), weights, dval,
-                                 model.compute_dtype)
-    jv = tf.gather(jv, index)
+    if scoring_gradient:
+        jv = _directional_derivative(lambda w: scoring(w, chained=False), weights, dval,
+                                     model.compute_dtype)
+        jv = tf.gather(jv, index)
+    else:  # rho does not depend on the student's weights: no second-order term
+        jv = tf.zeros_like(chosen_diff)
     with tf.GradientTape() as outer:
         with tf.GradientTape() as local:
             local.watch(chosen_diff)

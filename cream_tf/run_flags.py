@@ -40,6 +40,9 @@ _BOARD_IMAGES = flags.DEFINE_integer("board_images", 4, "Images stored per board
 _BOARD_GAP = flags.DEFINE_float("board_gap", 5.0, "Accuracy points a path must beat the worst "
                                 "entry by (or beat it with fewer MACs).")
 _TEACHER = flags.DEFINE_enum("teacher", "meta", ["meta", "top1"], "Teacher selection.")
+_SCORING_GRADIENT = flags.DEFINE_bool(
+    "scoring_gradient", True, "Differentiate the student's board scoring through rho, as the "
+    "release does; false saves its backward (docs/method.md, 'On purpose').")
 _META_INTERVAL = flags.DEFINE_integer("meta_interval", 200, "Steps between meta-gradient updates.")
 _META_LR = flags.DEFINE_float("meta_lr", 1e-4, "Learning rate of the matching network.")
 _FLOPS_MIN = flags.DEFINE_float("flops_min", 0.0, "Smallest MACs of a sampled path, millions.")

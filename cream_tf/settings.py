@@ -20,8 +20,8 @@ from cream_tf.errors import ConfigError
 SEARCH_KEYS = ("dataset", "val_fraction", "space", "layout", "depth", "resolution", "width",
                "num_classes", "seed", "batch_size", "search_epochs", "steps_per_epoch", "lr",
                "weight_decay", "warmup_epochs", "board_size", "board_images", "board_gap",
-               "teacher", "meta_interval", "meta_lr", "flops_min", "flops_max", "prior",
-               "mixed_precision")
+               "teacher", "scoring_gradient", "meta_interval", "meta_lr", "flops_min",
+               "flops_max", "prior", "mixed_precision")
 
 # The flag behind each config field (the configs name their fields, run.py its flags).
 SEARCH_FLAGS = {
@@ -29,6 +29,7 @@ SEARCH_FLAGS = {
     "warmup_epochs": "warmup_epochs", "batch_size": "batch_size", "learning_rate": "lr",
     "weight_decay": "weight_decay", "prior": "prior", "board_size": "board_size",
     "board_images": "board_images", "board_gap": "board_gap", "teacher": "teacher",
+    "scoring_gradient": "scoring_gradient",
     "meta_interval": "meta_interval", "meta_lr": "meta_lr", "seed": "seed",
     "checkpoint_interval": "checkpoint_every", "jit_compile": "jit_compile",
     "max_bad_steps": "max_bad_steps", "mixed_precision": "mixed_precision",
@@ -71,6 +72,7 @@ class Settings:
     board_images: int
     board_gap: float
     teacher: str
+    scoring_gradient: bool
     meta_interval: int
     meta_lr: float
     flops_min: float                     # millions of MACs; 0: no lower bound
@@ -129,6 +131,7 @@ class Settings:
                 macs_range=None if low is None and high is None else (low, high),
                 board_size=self.board_size, board_images=self.board_images,
                 board_gap=self.board_gap, teacher=self.teacher,
+                scoring_gradient=self.scoring_gradient,
                 meta_interval=self.meta_interval, meta_lr=self.meta_lr, seed=self.seed,
                 checkpoint_interval=self.checkpoint_every, jit_compile=self.jit_compile,
                 max_bad_steps=self.max_bad_steps,

@@ -54,10 +54,14 @@ def _nesterov_first_step(weight, grad, lr, momentum=0.9):
     return weight - lr * (1 + momentum) * grad
 
 
-def test_distillation_step_trains_the_matching_network_through_rho():
+@pytest.mark.parametrize("scoring_gradient", [
+    True, pytest.param(False, marks=pytest.mark.slow)])  # False: a trace of its own
+def test_distillation_step_trains_the_matching_network_through_rho(scoring_gradient):
     """The release does not detach rho: every distillation step moves M by its own optimizer
-    (Nesterov 0.9, meta_lr with the linear decay) on dL/dM. A warm-up step leaves M alone."""
-    config = _config()
+    (Nesterov 0.9, meta_lr with the linear decay) on dL/dM, and the student by the whole
+    gradient, its board scoring's part included unless `scoring_gradient=False`. A warm-up step
+    leaves M alone."""
+    config = _config(scoring_gradient=scoring_gradient)
     state, path = _state(config)
     x, y = _batch()
     net, board, matching = state.supernet, state.board, state.matching
@@ -71,13 +75,42 @@ def test_distillation_step_trains_the_matching_network_through_rho():
         images = tf.reshape(board.images, [K * N_IMAGES, 32, 32, 3])
         probs = tf.reshape(tf.nn.softmax(net(images, path=path, training=True)),
                            [K, N_IMAGES, 10])
+        if not scoring_gradient:
+            probs = tf.stop_gradient(probs)
         index, rho, _ = matching_lib.select_teacher("meta", probs, board.probs, board.size,
                                                     matching)
         teacher = net(x, path=tf.gather(board.paths, index), training=True)
         loss = matching_lib.cream_loss(y, net(x, path=path, training=True), teacher, rho,
                                        config.label_smoothing, BATCH)
     want_grads = tape.gradient(loss, matching.trainable_variables)
+    # the student's update: Nesterov from the warm-up step's momentum, at the decayed rate
+    opt = state.path_optimizer
+    student_lr = config.learning_rate * (1 - 3 / config.total_steps)
+    with tf.GradientTape() as tape_student:
+        probs2 = tf.reshape(tf.nn.softmax(net(images, path=path, training=True)),
+                            [K, N_IMAGES, 10])
+        if not scoring_gradient:
+            probs2 = tf.stop_gradient(probs2)
+        _, rho2, _ = matching_lib.select_teacher("meta", probs2, board.probs, board.size,
+                                                 matching)
+        loss2 = matching_lib.cream_loss(y, net(x, path=path, training=True), teacher, rho2,
+                                        config.label_smoothing, BATCH)
+    student = tape_student.gradient(loss2, net.trainable_variables)
+    owners = [net.variable_owner(v) for v in net.trainable_variables]
+    want_net = []
+    for v, g, o, i in zip(net.trainable_variables, student, owners, range(len(owners))):
+        w = v.numpy()
+        if g is None or not (o.layer < 0 or int(path[o.layer]) == o.op):
+            want_net.append(w)
+            continue
+        g = g.numpy() + (config.weight_decay * w if len(v.shape) > 1 else 0.0)
+        m = opt.momentums[i].numpy() * 0.9 - student_lr * g
+        want_net.append(w + m * 0.9 - student_lr * g)
+    before_net = _values(net.trainable_variables)
     out = steps.distill(x, y, path)
+    scale = max(np.abs(w - b).max() for w, b in zip(want_net, before_net))
+    for v, w in zip(net.trainable_variables, want_net):
+        np.testing.assert_allclose(v.numpy(), w, rtol=1e-3, atol=1e-3 * scale)
     assert int(out["teacher"]) == int(index)
     np.testing.assert_allclose(float(out["rho"]), float(rho), rtol=1e-4)
     lr = config.meta_lr * (1 - 3 / config.total_steps)  # the linear decay at step 3

@@ -50,6 +50,7 @@ class SearchConfig:
     meta_lr: float = 1e-4
     meta_slice: int = 4                # per replica: the meta update's inner and outer slices
     meta_outer: str = "batch"          # outer slice: 'batch' (the release) or 'held_out'
+    scoring_gradient: bool = True      # rho's gradient reaches the student's board scoring too
     seed: int = 0
     checkpoint_interval: int = 1000    # steps
     keep_checkpoints: int = 3

@@ -183,6 +183,8 @@ class StepFunctions:
                     # all replicas pick the same teacher (outside the switch: a collective must
                     # not be skipped)
                     student_probs = matching_lib.replica_mean(student_probs)
+                    if not cfg.scoring_gradient:  # M still learns through rho
+                        student_probs = tf.stop_gradient(student_probs)
                 else:  # top1 needs no scoring (nor does the release run one)
                     student_probs, scored = None, state
                 index, rho, teacher_logits, taught = switch(
@@ -264,8 +266,8 @@ class StepFunctions:
             update = matching_lib.meta_update(
                 net, path, matching, board.images, board.probs, board.size,
                 x, y, vx, vy, self.meta_optimizer.learning_rate, cfg.label_smoothing,
-                m * replicas, board_paths=board.paths, forward=forward,
-                weights=weights, state=state, student_step=student_step)
+                m * replicas, board_paths=board.paths, forward=forward, weights=weights,
+                state=state, student_step=student_step, scoring_gradient=cfg.scoring_gradient)
             grads = update.grads
             if replicas > 1:  # clip the global gradient, as one device would
                 grads = tf.distribute.get_replica_context().all_reduce(
