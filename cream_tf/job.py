@@ -166,16 +166,12 @@ class Job:
                                  f"selects from it as it is)") from None
 
     def select(self):
-        from cream_tf import data as data_lib
         from cream_tf import select as select_lib
 
         result = self.trained_search()
         splits, info = self.data()
         space = self.space
-        bn_train = data_lib.eval_pipeline(splits.train, space.resolution,
-                                          crop_pct=info.eval_crop_pct)
-        held_out = data_lib.eval_pipeline(splits.val, space.resolution,
-                                          crop_pct=info.eval_crop_pct)
+        bn_train, held_out = select_lib.selection_inputs(splits, info, space.resolution)
         _announce(f"select: evaluating {len(result.board.entries())} board paths on held-out data")
         try:
             chosen = select_lib.select(space, result.supernet, result.board, bn_train, held_out,
