@@ -240,7 +240,7 @@ def candidate_paths(sampler, board_entries, count: int) -> list:
     in the sampler's MACs range that are not among them, best first.
 
     Rows: {"path": per-stage lists, "notation": the paper's notation, "macs": int,
-    "on_board": bool}.
+    "on_board": bool, "sampled": bool (drawn, rather than added from the board)}.
     """
     from cream_tf import arch as arch_lib
 

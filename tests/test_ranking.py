@@ -3,7 +3,7 @@ as it goes, resumes, reruns that write nothing, more seeds, and refusals of anot
 
 The library cases score paths on a tiny untrained supernet with the real `select.evaluate_path`
 and replace the standalone training (tens of seconds each) by a stand-in that says what it was
-asked.
+asked; the real trainings run in the slow end-to-end case through run.py.
 """
 import json
 import os
@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from cream_tf import data, flops, ranking
+import conftest
+from conftest import run_py
+from cream_tf import cli, data, flops, job, ranking
 from cream_tf import select as select_lib
 from cream_tf.board import Board
 from cream_tf.errors import InputError
@@ -383,3 +385,125 @@ def test_a_stop_signal_keeps_what_was_measured(world, tmp_path, monkeypatch):
     saved = json.loads((folder / ranking.RESULT_FILE).read_text())
     assert [r["supernet_score"] is not None for r in saved["paths"]] == [True, True] + [False] * 3
     assert not [n for n in os.listdir(folder) if n.startswith(".tmp-")]
+
+
+# -- run.py's side -----------------------------------------------------------------------------
+
+def test_settings_give_the_ranking_its_config_and_flag_names():
+    s = conftest.settings(rank_paths=5, rank_epochs=3, rank_seeds=2, seed=7, select_bn_batches=4,
+                          retrain_epochs=30, retrain_warmup_epochs=3.0, batch_size=512)
+    config = s.rank_config()
+    assert (config.paths, config.epochs, config.seeds, config.seed) == (5, 3, 2, 7)
+    assert (config.bn_batches, config.batch_size) == (4, 256)  # selection's scoring batch
+    assert config.training(0).warmup_epochs == pytest.approx(0.3)
+    from cream_tf import settings as settings_lib
+
+    names = {k: settings_lib.rank_flag(k) for k in config.identity()}
+    assert names["epochs"] == "--rank_epochs" and names["retrain.lr"] == "--retrain_lr"
+    assert names["retrain.rho"] == "retrain.rho"  # no flag sets it
+
+
+def test_job_refuses_another_ranking_before_reading_the_search(tmp_path):
+    workdir = str(tmp_path / "w")
+    first = conftest.settings(workdir=workdir, mode="rank", rank_epochs=8)
+    ranking.rank_identity(os.path.join(workdir, "rank"), first.rank_config()).write(seeds=1)
+    with pytest.raises(cli.UsageError) as info:  # no search here: the ranking is refused first
+        job.Job(conftest.settings(workdir=workdir, mode="rank", rank_epochs=4)).rank()
+    message = str(info.value)
+    assert "--rank_epochs (8 there, 4 now)" in message and "\n" not in message
+    assert "rank in a new --workdir, or delete" in message and "--rank_seeds may grow" in message
+
+
+def test_job_on_a_workdir_without_a_search_says_what_select_says(tmp_path):
+    def error(mode, method):
+        with pytest.raises(cli.UsageError) as info:
+            getattr(job.Job(conftest.settings(workdir=str(tmp_path / "w"), mode=mode)), method)()
+        return str(info.value)
+
+    said = error("rank", "rank")
+    assert said == error("select", "select") and "holds no search checkpoint" in said
+    assert not (tmp_path / "w").exists()
+
+
+# -- end to end ------------------------------------------------------------------------------
+
+TINY = ["--dataset=digits", "--resolution=32", "--depth=1", "--width=0.25", "--batch_size=16",
+        "--search_epochs=1", "--warmup_epochs=0", "--steps_per_epoch=4", "--board_size=2",
+        "--board_images=2", "--meta_interval=3", "--select_bn_batches=2", "--strategy=default",
+        "--seed=1", "--deterministic", "--retrain_batch_size=128", "--retrain_epochs=1",
+        "--retrain_warmup_epochs=0", "--ema_decay=0"]
+RANK = ["--mode=rank", "--rank_paths=2", "--rank_epochs=1", "--rank_seeds=1"]
+
+# SIGKILL once the first standalone training is recorded: nothing of ours runs after it.
+KILL_AFTER_FIRST_TRAINING = """
+import os, signal
+from cream_tf import ranking
+_rank = ranking.rank
+def rank(*args, **kwargs):
+    def kill(kind, index, seed):
+        if kind == "train":
+            os.kill(os.getpid(), signal.SIGKILL)
+    return _rank(*args, on_record=kill, **kwargs)
+ranking.rank = rank
+"""
+
+
+def _error_lines(result):
+    return [l for l in result.stderr.splitlines() if l.startswith("run.py: error:")]
+
+
+@pytest.mark.slow  # a tiny search, then four standalone trainings: minutes on 2 cores
+def test_rank_mode_end_to_end(tmp_path):
+    workdir = tmp_path / "w"
+    common = [f"--workdir={workdir}", *TINY]
+    early = run_py([*common, *RANK], tmp_path)
+    assert early.returncode == 2 and len(_error_lines(early)) == 1  # no search yet
+    searched = run_py(["--mode=search", *common], tmp_path)
+    assert searched.returncode == 0, searched.stderr[-4000:]
+    board = json.loads((workdir / "search" / "board.json").read_text())
+
+    killed = run_py([*common, *RANK], tmp_path, prelude=KILL_AFTER_FIRST_TRAINING)
+    assert killed.returncode == -9, killed.stderr[-4000:]
+    rank_dir = workdir / "rank"
+    saved = json.loads((rank_dir / "rank.json").read_text())
+    assert [len(r["accuracies"]) for r in saved["paths"]][:2] == [1, 0]
+    first = rank_dir / "train" / "path000" / "seed1" / "final.keras"
+    first_mtime = first.stat().st_mtime_ns
+
+    done = run_py([*common, *RANK], tmp_path)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "Kendall tau-b" in done.stdout and "top-" in done.stdout
+    trained = [l for l in done.stdout.splitlines() if l.startswith("rank: path") and
+               "training" in l]
+    assert trained and not [l for l in trained if l.startswith("rank: path 1/")]
+    assert first.stat().st_mtime_ns == first_mtime  # the first training was not redone
+    report = json.loads((rank_dir / "rank.json").read_text())
+    rows = report["paths"]
+    assert report["complete"] and len(rows) >= 2 and report["held_out"] == "test"
+    assert rows[0]["accuracies"] == saved["paths"][0]["accuracies"]
+    on_board = {tuple(e["path"]) for e in board}
+    assert {tuple(o for s in r["path"] for o in s) for r in rows if r["on_board"]} <= on_board
+    for row in rows:
+        assert set(row) >= {"path", "notation", "macs", "supernet_score", "accuracies", "mean",
+                            "std"}
+        assert 0 <= row["mean"] <= 100 and list(row["accuracies"]) == ["1"]
+    stats = report["statistics"]
+    assert stats["top_k"]["k"] == min(5, len(rows))
+    if stats["kendall_tau"]["value"] is not None:
+        assert stats["kendall_tau"]["low"] <= stats["kendall_tau"]["value"] <= \
+            stats["kendall_tau"]["high"]
+    pytest.importorskip("matplotlib")
+    assert (rank_dir / "rank.png").stat().st_size > 1000
+
+    before = snapshot(workdir)
+    before.pop("run.lock", None)
+    again = run_py([*common, *RANK], tmp_path)
+    assert again.returncode == 0, again.stderr[-4000:]
+    after = snapshot(workdir)
+    after.pop("run.lock", None)
+    assert after == before  # a finished ranking: nothing written
+
+    other = run_py([*common, *RANK[:2], "--rank_epochs=2"], tmp_path)
+    assert other.returncode == 2
+    line, = _error_lines(other)
+    assert "--rank_epochs (1 there, 2 now)" in line and "new --workdir" in line
