@@ -1,9 +1,10 @@
 """The settings of one run.py job: every flag read once, every phase's config built up front.
 
-`Settings.from_flags()` is the one reader of the flags in `run_flags`. It builds the search's
-and the retraining's configs and the space before anything is written or trained, so a bad
-value or combination fails at once, whatever the mode. The bounds themselves belong to those
-configs (`SearchConfig`, `RetrainConfig`, `Space`, the data loader); this module only renames
+`Settings.from_flags()` is the one reader of the flags in `run_flags`. It builds the search's,
+the retraining's and the ranking check's configs and the space before anything is written or
+trained, so a bad value or combination fails at once, whatever the mode. The bounds themselves
+belong to those configs (`SearchConfig`, `RetrainConfig`, `RankConfig`, `Space`, the data
+loader); this module only renames
 their fields to the flags a user typed, so each bound is written once.
 """
 from __future__ import annotations
