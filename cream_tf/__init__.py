@@ -9,7 +9,7 @@ import importlib
 __version__ = "0.1.0"
 
 _MODULES = ("arch", "atomic", "blocks", "board", "child", "cli", "data", "errors", "export",
-            "flops", "internals", "job", "matching", "plots", "retrain", "run_flags",
+            "flops", "internals", "job", "matching", "plots", "ranking", "retrain", "run_flags",
             "run_identity", "safety", "sampler", "search", "select", "settings", "space",
             "supernet", "torch_weights", "trainer", "tuner", "workdir_lock", "zoo")
 _NAMES = {"Arch": "arch", "ArchError": "arch", "InputError": "errors", "Space": "space"}

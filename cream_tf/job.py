@@ -166,16 +166,12 @@ class Job:
                                  f"selects from it as it is)") from None
 
     def select(self):
-        from cream_tf import data as data_lib
         from cream_tf import select as select_lib
 
         result = self.trained_search()
         splits, info = self.data()
         space = self.space
-        bn_train = data_lib.eval_pipeline(splits.train, space.resolution,
-                                          crop_pct=info.eval_crop_pct)
-        held_out = data_lib.eval_pipeline(splits.val, space.resolution,
-                                          crop_pct=info.eval_crop_pct)
+        bn_train, held_out = select_lib.selection_inputs(splits, info, space.resolution)
         _announce(f"select: evaluating {len(result.board.entries())} board paths on held-out data")
         try:
             chosen = select_lib.select(space, result.supernet, result.board, bn_train, held_out,
@@ -329,6 +325,37 @@ class Job:
         print(result)
         return result
 
+    def rank(self):
+        """--mode=rank: the supernet's ranking of paths against standalone training
+        (`cream_tf.ranking`), in <workdir>/rank; resumes an unfinished one."""
+        import tensorflow as tf
+
+        from cream_tf import ranking
+        from cream_tf.sampler import Sampler
+
+        if isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            raise cli.UsageError("--mode=rank runs in one process; use --strategy=default or "
+                                 "--strategy=mirrored")
+        rank_dir = os.path.join(self.workdir, "rank")
+        config = self.s.rank_config()
+        remedy = (f"rank in a new --workdir, or delete {rank_dir} to rank again (only "
+                  f"--rank_seeds may grow)")
+        try:  # another ranking's folder is refused before the supernet is read
+            ranking.check_folder(rank_dir, config, settings_lib.rank_flag, remedy)
+            result = self.trained_search()
+            splits, info = self.data()
+            search = self.search_config()
+            sampler = Sampler(self.space, search.prior, search.skip_prob, search.macs_range,
+                              search.seed)
+            _announce(f"rank: {config.paths} sampled paths and the board's, {config.seeds} "
+                      f"training(s) of {config.epochs} epochs each")
+            payload = ranking.rank(self.space, result, sampler, splits, info, rank_dir, config,
+                                   self.strategy, name=settings_lib.rank_flag, remedy=remedy)
+        except InputError as e:  # bad input found while working; a bug keeps its traceback
+            raise cli.UsageError(str(e)) from None
+        print(ranking.to_text(payload), flush=True)
+        return payload
+
     def plots(self, arch):
         """The found network drawn like the paper's figures, and the board over the search."""
         from cream_tf import plots
@@ -471,6 +498,8 @@ def _run_phases(job: Job):
     started = time.time()
     if mode == "tune":
         return job.tune()
+    if mode == "rank":
+        return job.rank()
     if mode in ("search", "all"):
         job.search()
     if mode in ("select", "all"):

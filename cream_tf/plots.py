@@ -1,4 +1,5 @@
-"""Figures: an architecture drawn like the paper's appendix, and the board over the search.
+"""Figures: an architecture drawn like the paper's appendix, the board over the search, and the
+ranking check's supernet scores against standalone accuracies.
 
 matplotlib is optional (`pip install cream_tf[plots]`). Without it every function here prints
 one clear message and returns None instead of failing, so a search never dies for a figure.
@@ -13,7 +14,7 @@ from cream_tf import arch as arch_lib
 from cream_tf import atomic
 from cream_tf.space import Space
 
-__all__ = ["draw_architecture", "plot_board", "board_points", "have_matplotlib"]
+__all__ = ["draw_architecture", "plot_board", "board_points", "plot_rank", "have_matplotlib"]
 
 MISSING = ("cream_tf.plots: matplotlib is not installed, so {what} was not drawn; "
            "install it with `pip install 'cream_tf[plots]'` (or `pip install matplotlib`).")
@@ -233,6 +234,49 @@ def plot_board(history, path_png: str, title: str = "Prioritized board during th
     ax.set_xlabel("MACs (millions)")
     ax.set_ylabel("accuracy of the path on its batch")
     ax.set_title(title, fontsize=10)
+    ax.grid(True, linewidth=0.4, alpha=0.5)
+    ax.legend(loc="lower right", fontsize=8)
+    return _save(fig, path_png)
+
+
+# ------------------------------------------------------------------------------------------
+# Ranking
+# ------------------------------------------------------------------------------------------
+
+def plot_rank(report: dict, path_png: str) -> Optional[str]:
+    """Standalone accuracy (mean over seeds, bars: their std) against the supernet score of
+    every path of a ranking (`ranking.rank`'s rank.json), board paths marked; the title gives
+    tau-b, rho and the top-k overlap when the ranking is complete. Returns path_png, or None
+    when matplotlib is missing or no path has both numbers yet."""
+    rows = [r for r in report["paths"] if r["supernet_score"] is not None and
+            r["mean"] is not None]
+    if not have_matplotlib():
+        return _missing(f"the ranking figure {path_png!r}")
+    if not rows:
+        print(f"cream_tf.plots: no path is measured yet; {path_png!r} was not drawn",
+              file=sys.stderr)
+        return None
+    fig = _figure(6.4, 4.6)
+    ax = fig.add_subplot(1, 1, 1)
+    for on_board, marker, label in ((False, "o", "sampled path"), (True, "*", "board path")):
+        group = [r for r in rows if bool(r.get("on_board")) == on_board]
+        if group:
+            ax.errorbar([r["supernet_score"] for r in group], [r["mean"] for r in group],
+                        yerr=[r["std"] or 0.0 for r in group], fmt=marker, capsize=3,
+                        markersize=9 if on_board else 5, label=label)
+    stats = report.get("statistics")
+    title = "Supernet score against standalone accuracy"
+    if stats:
+        show = lambda v: "n/a" if v is None else f"{v:.2f}"
+        tau, rho, top = stats["kendall_tau"], stats["spearman_rho"], stats["top_k"]
+        title += (f"\nKendall tau {show(tau['value'])} [{show(tau['low'])}, {show(tau['high'])}], "
+                  f"Spearman rho {show(rho['value'])} [{show(rho['low'])}, {show(rho['high'])}], "
+                  f"top-{top['k']} overlap {top['overlap']}")
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("supernet score (% on val, inherited weights)")
+    seeds = len(report.get("seeds", ()))
+    ax.set_ylabel(f"standalone accuracy (% on {report.get('held_out', 'test')}, "
+                  f"mean of {seeds} seed{'s' if seeds != 1 else ''})")
     ax.grid(True, linewidth=0.4, alpha=0.5)
     ax.legend(loc="lower right", fontsize=8)
     return _save(fig, path_png)

@@ -5,10 +5,11 @@ reject a command line before TensorFlow starts. Tests set them with absl's `flag
 """
 from absl import flags
 
-MODES = ("all", "search", "select", "retrain", "export", "profile", "tune")
+MODES = ("all", "search", "select", "retrain", "export", "profile", "tune", "rank")
 
 _MODE = flags.DEFINE_enum("mode", "all", MODES, "Phase to run; 'all' runs search, select, retrain "
-                          "and export in turn.")
+                          "and export in turn; 'rank' checks a finished search's ranking of paths "
+                          "against standalone training.")
 _WORKDIR = flags.DEFINE_string("workdir", "runs/default", "Folder for everything this run makes.")
 _DATASET = flags.DEFINE_string("dataset", "digits", "tfds:NAME, folder:PATH, digits or "
                                "synthetic[:CLASSES].")
@@ -87,6 +88,15 @@ _TUNE_TRIALS = flags.DEFINE_integer("tune_trials", 10, "keras-tuner trials (--mo
 _TUNE_EPOCHS = flags.DEFINE_integer("tune_epochs", 2, "Training epochs per keras-tuner trial.")
 _TUNE_ALGORITHM = flags.DEFINE_enum("tune_algorithm", "random", ["random", "bayesian"],
                                     "keras-tuner oracle.")
+# rank
+_RANK_PATHS = flags.DEFINE_integer("rank_paths", 20, "Paths --mode=rank draws from the search's "
+                                   "sampler (at least 2); the board's paths come on top.")
+_RANK_EPOCHS = flags.DEFINE_integer("rank_epochs", 8, "Standalone training epochs per path and "
+                                    "seed of --mode=rank (the retraining recipe, its warm-up "
+                                    "scaled to these epochs).")
+_RANK_SEEDS = flags.DEFINE_integer("rank_seeds", 1, "Standalone trainings per path of "
+                                   "--mode=rank, seeds --seed, --seed+1, ...; a finished ranking "
+                                   "can be extended with more.")
 
 HOLDERS = {holder.name: holder for holder in list(globals().values())
            if isinstance(holder, flags.FlagHolder)}

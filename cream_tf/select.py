@@ -18,12 +18,13 @@ import tensorflow as tf
 
 from cream_tf import arch as arch_lib
 from cream_tf import child as child_lib
+from cream_tf import data as data_lib
 from cream_tf import flops
 from cream_tf.errors import InputError
 from cream_tf.space import Space
 from cream_tf.supernet import SuperNet, inherit_weights, nested_path
 
-__all__ = ["Selection", "select", "evaluate_path", "recalibrate_batch_norm"]
+__all__ = ["Selection", "select", "evaluate_path", "recalibrate_batch_norm", "selection_inputs"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,6 +94,14 @@ def recalibrate_batch_norm(model: keras.Model, batches) -> int:
         bn.moving_mean.assign((s[0] / count).astype(np.float32))
         bn.moving_variance.assign((s[1] / count).astype(np.float32))
     return count
+
+
+def selection_inputs(splits, info, resolution: int) -> tuple:
+    """(training examples for the BatchNorm re-estimation, held-out `val` examples) as selection
+    scores paths on them: unbatched, in a fixed order and without augmentation, so a path's
+    score is the same on every run (`splits`, `info`: from `data.load`)."""
+    return tuple(data_lib.eval_pipeline(split, resolution, crop_pct=info.eval_crop_pct)
+                 for split in (splits.train, splits.val))
 
 
 def evaluate_path(space: Space, supernet: SuperNet, path, train_ds, val_ds, bn_batches: int,

@@ -1,9 +1,10 @@
 """The settings of one run.py job: every flag read once, every phase's config built up front.
 
-`Settings.from_flags()` is the one reader of the flags in `run_flags`. It builds the search's
-and the retraining's configs and the space before anything is written or trained, so a bad
-value or combination fails at once, whatever the mode. The bounds themselves belong to those
-configs (`SearchConfig`, `RetrainConfig`, `Space`, the data loader); this module only renames
+`Settings.from_flags()` is the one reader of the flags in `run_flags`. It builds the search's,
+the retraining's and the ranking check's configs and the space before anything is written or
+trained, so a bad value or combination fails at once, whatever the mode. The bounds themselves
+belong to those configs (`SearchConfig`, `RetrainConfig`, `RankConfig`, `Space`, the data
+loader); this module only renames
 their fields to the flags a user typed, so each bound is written once.
 """
 from __future__ import annotations
@@ -41,6 +42,8 @@ RETRAIN_FLAGS = {
 }
 SPACE_FLAGS = {"name": "space", "layout": "layout", "depth": "depth", "resolution": "resolution",
                "width": "width"}
+RANK_FLAGS = {"paths": "rank_paths", "epochs": "rank_epochs", "seeds": "rank_seeds",
+              "seed": "seed", "bn_batches": "select_bn_batches", "batch_size": "batch_size"}
 COUNT_FLAGS = ("select_bn_batches", "tune_trials", "tune_epochs")  # no config owns these
 
 
@@ -97,6 +100,9 @@ class Settings:
     tune_trials: int
     tune_epochs: int
     tune_algorithm: str
+    rank_paths: int
+    rank_epochs: int
+    rank_seeds: int
 
     @classmethod
     def from_flags(cls) -> "Settings":
@@ -146,6 +152,18 @@ class Settings:
                 epochs=self.retrain_epochs, batch_size=self.retrain_batch_size,
                 lr=self.retrain_lr, dropout=self.retrain_dropout, ema_decay=self.ema_decay,
                 seed=self.seed, warmup_epochs=self.retrain_warmup_epochs)
+
+    def rank_config(self):
+        """The ranking check's `RankConfig`: its trainings follow the retraining flags, its
+        scores are measured as selection measures them."""
+        from cream_tf import ranking
+
+        retrain = self.retrain_config()
+        with _as_flags(self, RANK_FLAGS):
+            return ranking.RankConfig(
+                paths=self.rank_paths, epochs=self.rank_epochs, seeds=self.rank_seeds,
+                seed=self.seed, bn_batches=self.select_bn_batches,
+                batch_size=min(self.batch_size, 256), retrain=retrain)
 
     def make_space(self, num_classes: int):
         """The search space of --space, --layout, --depth, --resolution and --width."""
@@ -197,6 +215,7 @@ class Settings:
         self.macs_range  # noqa: B018  (checks --flops_min <= --flops_max)
         self.search_config()
         self.retrain_config()
+        self.rank_config()
         if self.mode != "profile":  # a zoo name brings its own space
             self.make_space(self.num_classes or 10)
 
@@ -218,6 +237,18 @@ class _as_flags:
             value = ",".join(map(str, value))
         message = error.describe(lambda f: "--" + self.flag_of.get(f, f), value=value)
         raise cli.UsageError(message) from None
+
+
+def rank_flag(field: str) -> str:
+    """How run.py names a `RankConfig` field ("retrain.<field>" for the recipe's) in a message:
+    its flag, or the field's own name where no flag sets it."""
+    if field == "workdir":  # the ranking's folder, <--workdir>/rank
+        return "folder"
+    if field.startswith("retrain."):
+        flag = RETRAIN_FLAGS.get(field[len("retrain."):])
+    else:
+        flag = RANK_FLAGS.get(field)
+    return f"--{flag}" if flag else field
 
 
 def _read(holder):

@@ -83,6 +83,35 @@ def test_plot_board_empty_history_draws_nothing(tmp_path, capsys):
     assert "empty" in capsys.readouterr().err and not os.listdir(tmp_path)
 
 
+def rank_report(measured=True):
+    """A ranking's rank.json of three paths, one on the board, with two seeds each."""
+    rows = [{"supernet_score": 40.0 + i, "mean": 90.0 + 2 * i, "std": 0.5 if measured else None,
+             "on_board": i == 2} for i in range(3)]
+    if not measured:
+        rows[0]["mean"] = None
+        for row in rows[1:]:
+            row["supernet_score"] = None
+    stats = {"kendall_tau": {"value": 1.0, "low": 1.0, "high": 1.0},
+             "spearman_rho": {"value": 1.0, "low": None, "high": None},
+             "top_k": {"k": 3, "overlap": 3}}
+    return {"paths": rows, "seeds": [0, 1], "held_out": "test",
+            "statistics": stats if measured else None}
+
+
+def test_plot_rank(tmp_path):
+    pytest.importorskip("matplotlib")
+    path = str(tmp_path / "rank.png")
+    assert plots.plot_rank(rank_report(), path) == path
+    read_png(path)
+    assert no_temp_files(tmp_path)
+
+
+def test_plot_rank_without_a_measured_path_draws_nothing(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    assert plots.plot_rank(rank_report(measured=False), str(tmp_path / "r.png")) is None
+    assert "no path is measured yet" in capsys.readouterr().err and not os.listdir(tmp_path)
+
+
 def test_without_matplotlib_a_message_and_no_crash(tmp_path, monkeypatch, capsys):
     for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
         monkeypatch.delitem(sys.modules, name)
@@ -91,6 +120,7 @@ def test_without_matplotlib_a_message_and_no_crash(tmp_path, monkeypatch, capsys
     assert plots.draw_architecture("[[0, 7], [7, 8], [9, 10], [3, 10], [5, 1]]", SPACE,
                                    str(tmp_path / "a.png")) is None
     assert plots.plot_board(board_history(), str(tmp_path / "b.png")) is None
+    assert plots.plot_rank(rank_report(), str(tmp_path / "r.png")) is None
     err = capsys.readouterr().err
-    assert err.count("matplotlib is not installed") == 2 and "cream_tf[plots]" in err
+    assert err.count("matplotlib is not installed") == 3 and "cream_tf[plots]" in err
     assert not os.listdir(tmp_path)

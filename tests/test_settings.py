@@ -6,7 +6,7 @@ import pytest
 from absl import flags
 
 import conftest
-from cream_tf import cli, retrain, run_flags, settings as settings_lib, trainer
+from cream_tf import cli, ranking, retrain, run_flags, settings as settings_lib, trainer
 from cream_tf.errors import ConfigError
 from cream_tf.settings import Settings
 
@@ -18,8 +18,9 @@ def test_settings_has_one_typed_field_per_flag():
 
 
 @pytest.mark.parametrize("flag_of,config", [(settings_lib.SEARCH_FLAGS, trainer.SearchConfig),
-                                            (settings_lib.RETRAIN_FLAGS, retrain.RetrainConfig)],
-                         ids=["search", "retrain"])
+                                            (settings_lib.RETRAIN_FLAGS, retrain.RetrainConfig),
+                                            (settings_lib.RANK_FLAGS, ranking.RankConfig)],
+                         ids=["search", "retrain", "rank"])
 def test_config_fields_map_to_real_flags(flag_of, config):
     fields = {f.name for f in dataclasses.fields(config)}
     assert set(flag_of) <= fields, set(flag_of) - fields
@@ -72,6 +73,9 @@ BAD = [
     (dict(flops_min=5.0, flops_max=2.0), "--flops_min/--flops_max (5.0M, 2.0M)"),
     (dict(select_bn_batches=0), "--select_bn_batches must be > 0"),
     (dict(tune_trials=0), "--tune_trials must be > 0"),
+    (dict(rank_paths=1), "--rank_paths must be an int >= 2, got 1"),
+    (dict(rank_epochs=0), "--rank_epochs must be an int >= 1, got 0"),
+    (dict(rank_seeds=0), "--rank_seeds must be an int >= 1, got 0"),
     (dict(resolution=16), "--resolution must be an int >= 32"),
     (dict(width=0.0), "--width must be a number in (0, 4]"),
     (dict(depth=["7"]), "--depth must be one int or 5 ints, each from 1 to 6"),
