@@ -89,7 +89,7 @@ def nan_run(tmp_path_factory):
     try:
         with pytest.raises(safety.TooManyBadSteps) as info:
             trainer.search(SPACE, *_datasets(x, y), workdir,
-                           _config(steps_per_epoch=20, max_bad_steps=3), callback=callback)
+                           _config(steps_per_epoch=20, max_bad_steps=3, warmup_epochs=0), callback=callback)
     finally:
         trainer._SearchState.__init__ = original
     return types.SimpleNamespace(workdir=workdir, seen=seen, snapshots=snapshots,
@@ -124,7 +124,7 @@ def test_nan_every_step_stops_with_the_step_path_and_last_good_checkpoint(nan_ru
 
 def test_load_search_reads_the_checkpoint_and_refuses_an_unfinished_search(nan_run):
     """What selection uses: the newest checkpoint (step 8 here) without a trainer."""
-    config = _config(steps_per_epoch=20, max_bad_steps=3)
+    config = _config(steps_per_epoch=20, max_bad_steps=3, warmup_epochs=0)
     with pytest.raises(trainer.UnfinishedSearch, match=r"trained 8 of 20 steps \(12 left\)"):
         trainer.load_search(SPACE, nan_run.workdir, config)
     loaded = trainer.load_search(SPACE, nan_run.workdir, config, allow_unfinished=True)
@@ -133,7 +133,8 @@ def test_load_search_reads_the_checkpoint_and_refuses_an_unfinished_search(nan_r
     assert len(loaded.supernet.weights) == len(weights_at_8)
     for v, saved in zip(loaded.supernet.weights, weights_at_8):  # BN statistics included
         np.testing.assert_array_equal(v.numpy(), saved, err_msg=v.path)
-    # steps 9 and 10 were skipped (NaN), so the board at the end is the board of step 8
+    # steps 9 and 10 were skipped (NaN), so the board at the end is the board of step 8 (the
+    # board fills from the end of the warm-up on: none here, so it is not empty)
     assert loaded.board.entries() == nan_run.state.board.entries() != []
     with pytest.raises(ValueError, match=r"holds a search with other settings: total_steps \("):
         trainer.load_search(SPACE, nan_run.workdir, _config(steps_per_epoch=21))

@@ -71,7 +71,7 @@ def test_distillation_step_trains_the_matching_network_through_rho(scoring_gradi
     for w, v in zip(before, matching.trainable_variables):
         np.testing.assert_array_equal(v.numpy(), w)
     # the reference: the step's forwards as plain training-mode calls, the gradient to M
-    with tf.GradientTape() as tape:
+    with tf.GradientTape(persistent=True) as tape:
         images = tf.reshape(board.images, [K * N_IMAGES, 32, 32, 3])
         probs = tf.reshape(tf.nn.softmax(net(images, path=path, training=True)),
                            [K, N_IMAGES, 10])
@@ -86,16 +86,7 @@ def test_distillation_step_trains_the_matching_network_through_rho(scoring_gradi
     # the student's update: Nesterov from the warm-up step's momentum, at the decayed rate
     opt = state.path_optimizer
     student_lr = config.learning_rate * (1 - 3 / config.total_steps)
-    with tf.GradientTape() as tape_student:
-        probs2 = tf.reshape(tf.nn.softmax(net(images, path=path, training=True)),
-                            [K, N_IMAGES, 10])
-        if not scoring_gradient:
-            probs2 = tf.stop_gradient(probs2)
-        _, rho2, _ = matching_lib.select_teacher("meta", probs2, board.probs, board.size,
-                                                 matching)
-        loss2 = matching_lib.cream_loss(y, net(x, path=path, training=True), teacher, rho2,
-                                        config.label_smoothing, BATCH)
-    student = tape_student.gradient(loss2, net.trainable_variables)
+    student = tape.gradient(loss, net.trainable_variables)
     owners = [net.variable_owner(v) for v in net.trainable_variables]
     want_net = []
     for v, g, o, i in zip(net.trainable_variables, student, owners, range(len(owners))):
