@@ -326,20 +326,23 @@ def meta_update(model, path, matching, board_images, board_probs, board_size,
         state = [tf.identity(v.value) for v in model.non_trainable_variables]
     weights, chain = list(weights), [list(state)]
 
-    def run(w, x, p, call=forward):
-        if call is None:
-            logits, after = model.stateless_call(w, chain[0], x, path=p, training=training)
+    def call(w, s, x, p):
+        if forward is None:
+            logits, after = model.stateless_call(w, s, x, path=p, training=training)
         else:
-            logits, after = call(w, chain[0], x, p)
-        chain[0] = list(after)
-        return tf.convert_to_tensor(logits)
+            logits, after = forward(w, s, x, p)
+        return tf.convert_to_tensor(logits), list(after)
+
+    def run(w, x, p):  # a forward that passes its BatchNorm statistics on to the next
+        logits, chain[0] = call(w, chain[0], x, p)
+        return logits
 
     start_state = list(chain[0])
 
     def scoring(w, chained=True):
-        call = (lambda x: run(w, x, path)) if chained else (
-            lambda x: _stateless(model, forward, training, w, start_state, x, path))
-        return student_board_probs(call, board_images, board_size)
+        one = (lambda x: run(w, x, path)) if chained else (
+            lambda x: call(w, start_state, x, path)[0])
+        return student_board_probs(one, board_images, board_size)
 
     # 1-3 on one tape: the student scores the board with gradient, as in the release, so rho
     # depends on the student's weights as well as on M, and the inner gradient holds
@@ -408,42 +411,27 @@ def meta_update(model, path, matching, board_images, board_probs, board_size,
     terms = [tf.cast(tf.reduce_sum(a * tf.cast(b, a.dtype)), dtype)
              for a, b in zip(dval, dslope) if a is not None and b is not None]
     first = tf.add_n(terms) if terms else tf.constant(0.0, dtype)
-    if scoring_gradient:
-        jv = _directional_derivative(lambda w: scoring(w, chained=False), weights, dval,
-                                     model.compute_dtype)
-        jv = tf.gather(jv, index)
-    else:  # rho does not depend on the student's weights: no second-order term
-        jv = tf.zeros_like(chosen_diff)
-    with tf.GradientTape() as outer:
-        with tf.GradientTape() as local:
-            local.watch(chosen_diff)
-            local_rho = tf.sigmoid(tf.cast(matching(chosen_diff[None]), dtype))[0]
-        drho_dd = local.gradient(local_rho, chosen_diff)
-        inner_product = tf.reduce_sum(tf.cast(drho_dd, dtype) * tf.cast(jv, dtype))
-    second = outer.gradient(inner_product, matching.trainable_variables)
-    # rho is a constant 0.5 when no entry had a finite score: then only drho/dM (zero) counts
-    found = tf.logical_and(tf.math.is_finite(local_rho),
-                           tf.abs(local_rho - tf.cast(rho, dtype)) <= 1e-6)
-    a_total = tf.cast(total_slope, dtype)
     lr = tf.cast(lr, dtype)
-    out = []
-    for d, extra in zip(drho, second):
-        if d is None:
-            out.append(None)
-            continue
-        value = -lr * first * d
-        if extra is not None:
-            value += tf.where(found, -lr * a_total * extra, tf.zeros_like(extra))
-        out.append(value)
+    out = [None if d is None else -lr * first * d for d in drho]
+    if scoring_gradient:  # else rho does not depend on the student's weights: no second term
+        jv = tf.gather(_directional_derivative(lambda w: scoring(w, chained=False), weights,
+                                               dval, model.compute_dtype), index)
+        with tf.GradientTape() as outer:
+            with tf.GradientTape() as local:
+                local.watch(chosen_diff)
+                local_rho = tf.sigmoid(tf.cast(matching(chosen_diff[None]), dtype))[0]
+            drho_dd = local.gradient(local_rho, chosen_diff)
+            inner_product = tf.reduce_sum(tf.cast(drho_dd, dtype) * tf.cast(jv, dtype))
+        second = outer.gradient(inner_product, matching.trainable_variables)
+        # rho is a constant 0.5 when no entry had a finite score: then only drho/dM (zero)
+        # counts
+        found = tf.logical_and(tf.math.is_finite(local_rho),
+                               tf.abs(local_rho - tf.cast(rho, dtype)) <= 1e-6)
+        a_total = tf.cast(total_slope, dtype)
+        out = [value if value is None or extra is None else
+               value + tf.where(found, -lr * a_total * extra, tf.zeros_like(extra))
+               for value, extra in zip(out, second)]
     return MetaUpdate(out, chain[0], index, rho)
-
-
-def _stateless(model, forward, training, weights, state, images, path):
-    if forward is None:
-        logits, _ = model.stateless_call(weights, state, images, path=path, training=training)
-    else:
-        logits, _ = forward(weights, state, images, path)
-    return tf.convert_to_tensor(logits)
 
 
 def _directional_derivative(function, weights, direction, compute_dtype):

@@ -8,6 +8,8 @@ meta-gradient step. The loop that calls these is `loop.search`.
 """
 from __future__ import annotations
 
+import contextlib
+
 import keras
 import tensorflow as tf
 
@@ -23,6 +25,11 @@ __all__ = ["SearchState", "StepFunctions"]
 
 
 _FIXED = VariableOwner(-1, -1)  # always trained: the matching network's variables
+
+
+def _recording(tape, on: bool):
+    """A context that records on `tape` if `on`, and pauses it otherwise."""
+    return contextlib.nullcontext() if on else tape.stop_recording()
 
 
 def _assign(forward, state):
@@ -142,9 +149,9 @@ class StepFunctions:
 
                 def student(t):
                     logits, after = forward(weights, state, t, path)
-                    # the statistics are not differentiated (nor, below, anything of the
-                    # teacher's): a Case op's gradient otherwise runs each branch's backward
-                    # for every output, even those with no gradient coming in
+                    # the statistics are not differentiated: a Case op's gradient otherwise runs
+                    # its branch's backward for every output, even those with no gradient
+                    # coming in
                     new_state.append([tf.stop_gradient(a) for a in after])
                     return logits
 
@@ -154,20 +161,21 @@ class StepFunctions:
             def no_score():
                 return tf.zeros(board.probs.shape, tf.float32), state
 
-            def teach(student_probs, scored):
+            def choose(student_probs):
                 index, rho, _ = matching_lib.select_teacher(
                     cfg.teacher, student_probs, board.probs, board.size, matching)
-                teacher_path = tf.gather(tf.convert_to_tensor(board.paths), index)
-                # no gradient through the teacher: its inputs are constants to the tape
-                constant = lambda values: [tf.stop_gradient(v) for v in values]  # noqa: E731
-                logits, after = forward(constant(weights), constant(scored), tf.stop_gradient(x),
-                                        teacher_path)
-                return (tf.cast(index, tf.int32), tf.cast(rho, tf.float32),
-                        tf.stop_gradient(tf.cast(logits, tf.float32)), constant(after))
+                return tf.cast(index, tf.int32), tf.cast(rho, tf.float32)
 
-            def no_teacher(scored):  # rho = 0 makes the loss exactly the warm-up CE
-                return (tf.constant(-1, tf.int32), tf.constant(0.0),
-                        tf.zeros([tf.shape(x)[0], num_classes], tf.float32), scored)
+            def no_choice():  # rho = 0 makes the loss exactly the warm-up CE
+                return tf.constant(-1, tf.int32), tf.constant(0.0)
+
+            def teach(index, scored):
+                teacher_path = tf.gather(tf.convert_to_tensor(board.paths), index)
+                logits, after = forward(weights, scored, x, teacher_path)
+                return tf.cast(logits, tf.float32), after
+
+            def no_teacher(scored):
+                return tf.zeros([tf.shape(x)[0], num_classes], tf.float32), scored
 
             loss_scale = (self.optimizer.dynamic_scale  # read before apply may change it
                           if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
@@ -176,20 +184,25 @@ class StepFunctions:
             with tf.GradientTape() as tape:
                 tape.watch(weights)
                 if meta:
-                    # The student scores the board on the tape: the loss trains M, and the
-                    # student through its scoring, by rho (the release's rho is not detached).
-                    student_probs, scored = switch(tf.cast(distill, tf.int32), [no_score, score])
+                    # With scoring_gradient (the release's rho is not detached) the student
+                    # scores the board on the tape: the loss trains M, and the student through
+                    # its scoring, by rho. Without it, only M learns through rho.
+                    with _recording(tape, cfg.scoring_gradient):
+                        student_probs, scored = switch(tf.cast(distill, tf.int32),
+                                                       [no_score, score])
                     # identical on every replica already; the mean makes it bit-identical, so
                     # all replicas pick the same teacher (outside the switch: a collective must
                     # not be skipped)
                     student_probs = matching_lib.replica_mean(student_probs)
-                    if not cfg.scoring_gradient:  # M still learns through rho
-                        student_probs = tf.stop_gradient(student_probs)
                 else:  # top1 needs no scoring (nor does the release run one)
                     student_probs, scored = None, state
-                index, rho, teacher_logits, taught = switch(
-                    tf.cast(distill, tf.int32),
-                    [lambda: no_teacher(scored), lambda: teach(student_probs, scored)])
+                index, rho = switch(tf.cast(distill, tf.int32),
+                                    [no_choice, lambda: choose(student_probs)])
+                # The teacher runs off the tape: nothing of its forward is kept for a backward.
+                with tape.stop_recording():
+                    teacher_logits, taught = switch(
+                        tf.cast(distill, tf.int32),
+                        [lambda: no_teacher(scored), lambda: teach(index, scored)])
                 logits, new_state = forward(weights, taught, x, path)
                 loss = matching_lib.cream_loss(y, logits, teacher_logits, rho,
                                                cfg.label_smoothing, global_batch)
@@ -251,16 +264,20 @@ class StepFunctions:
             weights, state = forward.values()
             applied = []
 
+            def clipped_apply(optimizer, grads, variables, also=True):
+                """Applies the global gradient `grads` (the same on every replica) clipped to
+                CLIP_NORM, as the release's meta step does; skipped unless it is finite and
+                `also`. Each replica passes its share: the optimizer's all-reduce sums them."""
+                grads, _ = tf.clip_by_global_norm(grads, matching_lib.CLIP_NORM)
+                finite = step_is_finite(tf.constant(0.0), grads) & also
+                optimizer.apply(poison_gradients([g / replicas for g in grads], finite),
+                                variables)
+                return finite
+
             def student_step(g):
-                # The release's real step on the inner gradient (already summed over the
-                # replicas): clipped, then the student's own optimizer. Divided by the replicas
-                # because the optimizer's all-reduce sums them again.
-                g, _ = tf.clip_by_global_norm(g, matching_lib.CLIP_NORM)
-                finite = step_is_finite(tf.constant(0.0), g)
-                applied.append(finite)
-                share = [gi / replicas for gi in g]
-                self.path_optimizer.apply(poison_gradients(share, finite),
-                                          net.trainable_variables)
+                # the release's real step on the inner gradient (already summed over the
+                # replicas), with the student's own optimizer
+                applied.append(clipped_apply(self.path_optimizer, g, net.trainable_variables))
                 return forward.values()[0]
 
             update = matching_lib.meta_update(
@@ -272,10 +289,8 @@ class StepFunctions:
             if replicas > 1:  # clip the global gradient, as one device would
                 grads = tf.distribute.get_replica_context().all_reduce(
                     tf.distribute.ReduceOp.SUM, grads)
-            grads, _ = tf.clip_by_global_norm(grads, matching_lib.CLIP_NORM)
-            finite = step_is_finite(tf.constant(0.0), grads) & applied[0]
-            self.meta_optimizer.apply(poison_gradients([g / replicas for g in grads], finite),
-                                      matching.trainable_variables)
+            finite = clipped_apply(self.meta_optimizer, grads, matching.trainable_variables,
+                                   also=applied[0])
             tf.cond(finite, lambda: _assign(forward, update.state), lambda: tf.constant(False))
             return tf.cast(finite, tf.int32)
 
