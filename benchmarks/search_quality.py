@@ -135,26 +135,14 @@ def budget_plan(search_epochs: int, steps_per_epoch: int, batch_size: int, tune_
 
 
 def kendall_tau(x, y) -> float:
-    """Kendall's tau-b of two equally long sequences (ties counted as scipy's default does).
+    """Kendall's tau-b of two equally long sequences: the library's `ranking.kendall_tau` (ties
+    as scipy counts them, NaN when either is constant), refusing fewer than 2 pairs."""
+    from cream_tf import ranking
 
-    NaN when either sequence is constant (no untied pair).
-    """
-    import numpy as np
-
-    x = np.asarray(x, dtype=np.float64)
-    y = np.asarray(y, dtype=np.float64)
-    if x.ndim != 1 or x.shape != y.shape:
-        raise ValueError(f"kendall_tau needs two 1-D sequences of one length, got shapes "
-                         f"{x.shape} and {y.shape}")
+    tau = ranking.kendall_tau(x, y)  # checks shapes and finiteness
     if len(x) < 2:
         raise ValueError("kendall_tau needs at least 2 pairs")
-    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
-        raise ValueError("kendall_tau: values must be finite")
-    i, j = np.triu_indices(len(x), 1)
-    dx, dy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
-    pairs = len(i)
-    denom = math.sqrt(float(pairs - np.sum(dx == 0)) * float(pairs - np.sum(dy == 0)))
-    return float(np.sum(dx * dy) / denom) if denom > 0 else float("nan")
+    return tau
 
 
 def kendall_pvalue(x, y):
