@@ -282,11 +282,11 @@ class _Bench:
         self.budget = budget_plan(values["search_epochs"], values["steps_per_epoch"],
                                   values["batch_size"], values["tune_trials"],
                                   values["tune_epochs"])
-        r = self.space.resolution
-        crop = self.info.eval_crop_pct
-        # deterministic views for BatchNorm re-estimation and scoring (as job.select uses)
-        self.bn_train = data_lib.eval_pipeline(self.splits.train, r, crop_pct=crop)
-        self.held_out = data_lib.eval_pipeline(self.splits.val, r, crop_pct=crop)
+        from cream_tf import select as select_lib
+
+        # deterministic views for BatchNorm re-estimation and scoring, as selection takes them
+        self.bn_train, self.held_out = select_lib.selection_inputs(self.splits, self.info,
+                                                                   self.space.resolution)
         self.retrain_config = retrain_lib.RetrainConfig(
             epochs=values["retrain_epochs"], batch_size=values["batch_size"],
             lr=values["retrain_lr"], dropout=values["retrain_dropout"],
